@@ -1,0 +1,3 @@
+module github.com/throttlecentral/throttle-central
+
+go 1.26.8

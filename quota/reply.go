@@ -1,0 +1,64 @@
+package quota
+
+import "github.com/throttlecentral/throttle-central/protocol"
+
+// Quotas returns node's quotas for slot, for each of services: the shape of
+// a report's reply. Every service asked for is present, possibly empty,
+// and no other service is, because the Lua client rejects a reply that
+// names a service it did not report.
+func (e *Engine) Quotas(nodeID string, slot int64, services []string) map[string]protocol.Quotas {
+	out := make(map[string]protocol.Quotas, len(services))
+	for _, s := range services {
+		out[s] = protocol.Quotas{}
+	}
+	n := e.lookupNode(nodeID)
+	if n == nil {
+		return out
+	}
+	q := n.quotasFor(slot)
+	if q == nil {
+		return out
+	}
+	for _, entry := range q.entries {
+		quotas, ok := out[entry.service]
+		if !ok {
+			continue
+		}
+		resources := make(map[string]float64, len(entry.resources))
+		for i, name := range entry.resources {
+			resources[name] = entry.amounts[i]
+		}
+		quotas[entry.user] = resources
+	}
+	return out
+}
+
+// LiveNodes returns how many live nodes the latest assignment counted.
+func (e *Engine) LiveNodes() int {
+	return int(e.liveNodes.Load())
+}
+
+// Shares returns the safe fallback of the given users of one service: each
+// limited resource's rate divided among the live nodes of the latest
+// assignment (at least one). An edge node that has no quota for the current
+// slot may admit that much per slot; together the live nodes then admit at
+// most the limit. Users without a limit are left out.
+func (e *Engine) Shares(service string, users []string) protocol.Shares {
+	nodes := max(e.LiveNodes(), 1)
+	out := make(protocol.Shares)
+	for _, user := range users {
+		k := userKey{service, user}
+		s := e.shardOf(k)
+		s.mu.Lock()
+		if u := s.users[k]; u != nil && u.limited > 0 {
+			shares := make(map[string]float64, u.limited)
+			for _, i := range u.limitedIdx {
+				r := u.resources[i]
+				shares[r.name] = r.limit.Rate / float64(nodes)
+			}
+			out[user] = shares
+		}
+		s.mu.Unlock()
+	}
+	return out
+}

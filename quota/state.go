@@ -1,0 +1,288 @@
+package quota
+
+import (
+	"math"
+	"sync"
+)
+
+// userState is everything the engine keeps about one (service, user). It is
+// guarded by its shard's mutex.
+type userState struct {
+	key userKey
+	// resources is append-only, so an index into it stays valid for the
+	// per-node slices below; names is replaced, never changed in place, so
+	// published quota lists can share it without a lock.
+	resources []*resourceState
+	names   []string
+	limited int
+	// limitedIdx holds the indexes of the resources with a limit and
+	// limitedNames their names; both are replaced, never changed in place.
+	limitedIdx   []int
+	limitedNames []string
+	nodes        []*userNode
+}
+
+func newUserState(k userKey) *userState {
+	return &userState{key: k}
+}
+
+// resource returns the state of the named resource, adding it if needed.
+func (u *userState) resource(name string) *resourceState {
+	if i := u.resourceIndex(name); i >= 0 {
+		return u.resources[i]
+	}
+	r := &resourceState{name: name}
+	u.resources = append(u.resources, r)
+	names := make([]string, len(u.resources))
+	copy(names, u.names)
+	names[len(names)-1] = name
+	u.names = names
+	return r
+}
+
+func (u *userState) resourceIndex(name string) int {
+	for i, r := range u.resources {
+		if r.name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func (u *userState) countLimits() {
+	var idx []int
+	var names []string
+	for i, r := range u.resources {
+		if r.hasLimit {
+			idx = append(idx, i)
+			names = append(names, r.name)
+		}
+	}
+	u.limited = len(idx)
+	u.limitedIdx, u.limitedNames = idx, names
+}
+
+// nodeState returns the user's state on node n, adding it if needed.
+func (u *userState) node(n *nodeState) *userNode {
+	for _, un := range u.nodes {
+		if un.node == n {
+			return un
+		}
+	}
+	un := &userNode{node: n}
+	u.nodes = append(u.nodes, un)
+	return un
+}
+
+// resourceState is one resource of one user: its limit and token bucket.
+type resourceState struct {
+	name     string
+	hasLimit bool
+	limit    Limit
+	// setSlot is the slot in which the limit was last changed.
+	setSlot int64
+
+	// level is the bucket's content in tokens; it goes below zero when
+	// consumption overruns what was granted (debt), but never below minus
+	// the capacity.
+	level float64
+	// outstanding is the sum of grants not yet settled by a report (reserve
+	// mode). level + outstanding never exceeds the capacity.
+	outstanding float64
+	// refilled is the slot of the last refill.
+	refilled int64
+	// billFrom is the first slot whose reports are billed. A new leader sets
+	// it past the slots that the old leader's quotas or the edge fallback
+	// covered, because it skipped their refill.
+	billFrom int64
+	// grantedTotal is the total of the latest assignment, for the monitor.
+	grantedTotal float64
+}
+
+func (r *resourceState) setLimit(l Limit, slot int64) {
+	if !r.hasLimit {
+		r.hasLimit = true
+		r.level = l.Rate
+		r.outstanding = 0
+		r.refilled = slot
+		r.billFrom = 0
+	}
+	r.limit = l
+	r.setSlot = slot
+	r.level = math.Min(r.level, l.Capacity())
+}
+
+func (r *resourceState) removeLimit() {
+	r.hasLimit = false
+	r.limit = Limit{}
+	r.level = 0
+	r.outstanding = 0
+}
+
+// refill adds the tokens of the slots since the last refill, up to the
+// capacity not already granted.
+func (r *resourceState) refill(slot int64) {
+	if slot <= r.refilled {
+		return
+	}
+	r.level += r.limit.Rate * float64(slot-r.refilled)
+	r.refilled = slot
+	r.clamp()
+}
+
+// clamp keeps level + outstanding within the capacity and the debt within
+// one capacity.
+func (r *resourceState) clamp() {
+	capacity := r.limit.Capacity()
+	if r.level+r.outstanding > capacity {
+		r.level = capacity - r.outstanding
+	}
+	if r.level < -capacity {
+		r.level = -capacity
+	}
+}
+
+// userNode is what the engine knows about one user on one edge node.
+type userNode struct {
+	node *nodeState
+	// slot is the slot whose counts the node's latest report about this
+	// user carried; zero before the first report.
+	slot int64
+	// consumption and rejection are that report's counts, by resource
+	// index of the user. A resource the report did not name counts as 0.
+	consumption []float64
+	rejection   []float64
+	// observedShare is, by resource index, the share of the total grant
+	// that the node held for the slot of its latest report, or -1 when it
+	// held none. The reserve split corrects the share that produced the
+	// observation, not the latest one, so feedback delay does not wind up.
+	observedShare []float64
+	grants        [quotaRing]grant
+}
+
+// grant is what one node was granted of one user for one slot (reserve
+// mode). amounts and shares are aligned with idx, the user's resource
+// indexes that had a limit when the grant was made.
+type grant struct {
+	slot    int64
+	idx     []int
+	amounts []float64
+	shares  []float64
+}
+
+// amountOf returns the grant for resource index i, and false when the grant
+// does not cover that resource.
+func (g *grant) amountOf(i int) (amount, share float64, ok bool) {
+	for j, gi := range g.idx {
+		if gi == i {
+			return g.amounts[j], g.shares[j], true
+		}
+	}
+	return 0, 0, false
+}
+
+// clear marks the grant settled.
+func (g *grant) clear() {
+	g.idx, g.amounts, g.shares = nil, nil, nil
+}
+
+func (un *userNode) grantFor(slot int64) *grant {
+	g := &un.grants[slot%quotaRing]
+	if g.slot != slot || g.amounts == nil {
+		return nil
+	}
+	return g
+}
+
+func (un *userNode) hasOpenGrants() bool {
+	for i := range un.grants {
+		if un.grants[i].amounts != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// grow extends the per-resource slices to n resources.
+func (un *userNode) grow(n int) {
+	for len(un.consumption) < n {
+		un.consumption = append(un.consumption, 0)
+		un.rejection = append(un.rejection, 0)
+		un.observedShare = append(un.observedShare, -1)
+	}
+}
+
+// nodeState is one edge node: its duplicate filter and its published
+// quotas.
+type nodeState struct {
+	id  string
+	idx int
+
+	mu sync.Mutex
+	// newest is the newest counts slot applied from this node; applied has
+	// bit i set when slot newest-i was applied.
+	newest  int64
+	applied uint64
+	quotas  [quotaRing]*nodeQuotas
+}
+
+// markApplied records that the counts of slot were applied and reports
+// whether they had been already, or are too old to tell.
+func (n *nodeState) markApplied(slot int64) (fresh bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case n.newest == 0 || slot >= n.newest+duplicateSlots:
+		n.newest = slot
+		n.applied = 1
+		return true
+	case slot > n.newest:
+		n.applied = n.applied<<uint(slot-n.newest) | 1
+		n.newest = slot
+		return true
+	case slot <= n.newest-duplicateSlots:
+		return false
+	}
+	bit := uint64(1) << uint(n.newest-slot)
+	if n.applied&bit != 0 {
+		return false
+	}
+	n.applied |= bit
+	return true
+}
+
+func (n *nodeState) publish(q *nodeQuotas) {
+	n.mu.Lock()
+	n.quotas[q.slot%quotaRing] = q
+	n.mu.Unlock()
+}
+
+func (n *nodeState) quotasFor(slot int64) *nodeQuotas {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	q := n.quotas[slot%quotaRing]
+	if q == nil || q.slot != slot {
+		return nil
+	}
+	return q
+}
+
+// nodeQuotas is one node's quotas for one slot, as assigned. It is never
+// changed after it is published.
+type nodeQuotas struct {
+	slot    int64
+	entries []quotaEntry
+}
+
+type quotaEntry struct {
+	service, user string
+	// resources and amounts are aligned.
+	resources []string
+	amounts   []float64
+}
+
+func (n *nodeState) newestSlot() int64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.newest
+}
