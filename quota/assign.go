@@ -14,6 +14,11 @@ type Liveness interface {
 	Live(nodeID string) bool
 }
 
+// liveReportSlots is how many slots a node may go without a report before
+// assignments leave it out: at the middle of slot S a node's newest report
+// should carry the counts of S-1, and one missed report is tolerated.
+const liveReportSlots = 2
+
 // AssignResult summarises one assignment.
 type AssignResult struct {
 	// Slot is the slot the quotas are for: the assignment slot + 2.
@@ -22,7 +27,7 @@ type AssignResult struct {
 	Users int
 	// Buckets is how many buckets exist (users with a limit × resources).
 	Buckets int
-	// Nodes is how many live nodes reported within Window slots.
+	// Nodes is how many nodes were live.
 	Nodes int
 	// Entries is how many (node, user) quota entries were published.
 	Entries int
@@ -35,8 +40,10 @@ var ErrAlreadyAssigned = errors.New("slot already assigned")
 // Assign runs the assignment of slot: it refills every bucket, expires
 // grants that waited LateSlots for their report, and splits each bucket
 // among the live nodes that reported the user within Window slots, giving
-// them their quotas for slot+2. Nodes that live reports as not live get
-// nothing, so their share goes to the others at once.
+// them their quotas for slot+2. A node is live when live says so and it
+// sent a report for one of the last liveReportSlots slots; every edge node
+// reports once a slot even when it has nothing to count. A node that is not
+// live gets nothing, so its share goes to the others at once.
 func (e *Engine) Assign(slot int64, live Liveness) (AssignResult, error) {
 	e.assignMu.Lock()
 	defer e.assignMu.Unlock()
@@ -47,16 +54,15 @@ func (e *Engine) Assign(slot int64, live Liveness) (AssignResult, error) {
 
 	nodes := e.snapshotNodes()
 	alive := make([]bool, len(nodes))
-	liveCount := 0
+	var liveIDs []string
 	for i, n := range nodes {
-		if n == nil || (live != nil && !live.Live(n.id)) {
+		if n == nil || n.newestSlot() < slot-liveReportSlots || (live != nil && !live.Live(n.id)) {
 			continue
 		}
 		alive[i] = true
-		if n.newestSlot() > slot-1-Window {
-			liveCount++
-		}
+		liveIDs = append(liveIDs, n.id)
 	}
+	liveCount := len(liveIDs)
 	e.liveNodes.Store(int64(liveCount))
 
 	workers := min(runtime.GOMAXPROCS(0), shardCount)
@@ -101,12 +107,6 @@ func (e *Engine) Assign(slot int64, live Liveness) (AssignResult, error) {
 		result.Buckets += aw.buckets
 	}
 
-	liveIDs := make([]string, 0, liveCount)
-	for i, n := range nodes {
-		if alive[i] && n.newestSlot() > slot-1-Window {
-			liveIDs = append(liveIDs, n.id)
-		}
-	}
 	e.history.addAssignment(slot, target, liveIDs, published)
 	e.pruneNodes(slot)
 	e.lastAssigned.Store(slot)
@@ -182,10 +182,21 @@ func (w *assignWorker) assignUser(u *userState) bool {
 	}
 
 	n := len(w.members)
+	for _, i := range u.limitedIdx {
+		r := u.resources[i]
+		switch {
+		case e.mode == ModeClassic || r.started:
+			r.refill(slot)
+		case n > 0:
+			r.start(slot)
+		default:
+			r.refilled = slot
+		}
+	}
 	if n == 0 {
 		for _, i := range u.limitedIdx {
-			u.resources[i].refill(slot)
-			u.resources[i].grantedTotal = 0
+			r := u.resources[i]
+			r.grantedTotal, r.saturated, r.credit = 0, false, 0
 		}
 		return false
 	}
@@ -207,7 +218,6 @@ func (w *assignWorker) assignUser(u *userState) bool {
 
 	for j, i := range u.limitedIdx {
 		r := u.resources[i]
-		r.refill(slot)
 		for m, un := range w.members {
 			un.grow(len(u.resources))
 			cands[m] = candidate{
@@ -224,9 +234,12 @@ func (w *assignWorker) assignUser(u *userState) bool {
 				granted += q
 			}
 		} else {
-			granted = splitReserve(r.level, r.limit.Rate, cands, split)
-			r.level -= granted
-			r.outstanding += granted
+			r.saturated = anyRejection(cands)
+			if !r.saturated {
+				r.credit = 0
+			}
+			granted = splitReserve(r.level, r.credit, r.limit.Rate, cands, split)
+			r.grant(granted)
 		}
 		r.grantedTotal = granted
 		for m := range w.members {

@@ -8,9 +8,13 @@ import "fmt"
 // small; Restore treats a missing bucket as full when its limit is older
 // than the checkpoint.
 type Checkpoint struct {
-	Slot    int64         `json:"slot"`
-	Mode    Mode          `json:"mode"`
-	Buckets []BucketLevel `json:"buckets"`
+	Slot int64 `json:"slot"`
+	Mode Mode  `json:"mode"`
+	// LiveNodes is how many nodes the assignment of Slot counted live, so a
+	// new leader divides safe shares by the fleet size from its first
+	// reply on.
+	LiveNodes int           `json:"live_nodes"`
+	Buckets   []BucketLevel `json:"buckets"`
 }
 
 // BucketLevel is one bucket in a checkpoint.
@@ -19,13 +23,15 @@ type BucketLevel struct {
 	User     string  `json:"user"`
 	Resource string  `json:"resource"`
 	Level    float64 `json:"level"`
+	// Credit is the part of Level that came back from unused grants.
+	Credit float64 `json:"credit,omitempty"`
 }
 
 // Checkpoint returns the bucket levels after the latest assignment.
 func (e *Engine) Checkpoint() Checkpoint {
 	e.assignMu.Lock()
 	defer e.assignMu.Unlock()
-	cp := Checkpoint{Slot: e.lastAssigned.Load(), Mode: e.mode}
+	cp := Checkpoint{Slot: e.lastAssigned.Load(), Mode: e.mode, LiveNodes: e.LiveNodes()}
 	for i := range e.shards {
 		s := &e.shards[i]
 		s.mu.Lock()
@@ -33,7 +39,9 @@ func (e *Engine) Checkpoint() Checkpoint {
 			for _, ri := range u.limitedIdx {
 				r := u.resources[ri]
 				if r.level < r.limit.Capacity() {
-					cp.Buckets = append(cp.Buckets, BucketLevel{Service: k.service, User: k.user, Resource: r.name, Level: r.level})
+					cp.Buckets = append(cp.Buckets, BucketLevel{
+						Service: k.service, User: k.user, Resource: r.name, Level: r.level, Credit: r.credit,
+					})
 				}
 			}
 		}
@@ -62,13 +70,13 @@ func (e *Engine) Restore(cp Checkpoint, slot int64) error {
 	e.assignMu.Lock()
 	defer e.assignMu.Unlock()
 
-	levels := make(map[userKey]map[string]float64, len(cp.Buckets))
+	levels := make(map[userKey]map[string]BucketLevel, len(cp.Buckets))
 	for _, b := range cp.Buckets {
 		k := userKey{b.Service, b.User}
 		if levels[k] == nil {
-			levels[k] = make(map[string]float64)
+			levels[k] = make(map[string]BucketLevel)
 		}
-		levels[k][b.Resource] = b.Level
+		levels[k][b.Resource] = b
 	}
 	for i := range e.shards {
 		s := &e.shards[i]
@@ -76,17 +84,18 @@ func (e *Engine) Restore(cp Checkpoint, slot int64) error {
 		for k, u := range s.users {
 			for _, ri := range u.limitedIdx {
 				r := u.resources[ri]
-				level, ok := levels[k][r.name]
+				saved, ok := levels[k][r.name]
 				switch {
 				case ok:
 				case r.setSlot <= cp.Slot:
-					level = r.limit.Capacity()
+					saved.Level = r.limit.Capacity()
 				default:
-					level = r.limit.Rate
+					saved.Level = r.limit.Rate
 				}
-				r.level, r.outstanding = level, 0
+				r.level, r.credit, r.outstanding = saved.Level, saved.Credit, 0
 				r.refilled = slot - 1
 				r.billFrom = slot + 2
+				r.started = true
 				r.clamp()
 			}
 			for _, un := range u.nodes {
@@ -101,5 +110,6 @@ func (e *Engine) Restore(cp Checkpoint, slot int64) error {
 		s.mu.Unlock()
 	}
 	e.lastAssigned.Store(slot - 1)
+	e.liveNodes.Store(int64(cp.LiveNodes))
 	return nil
 }

@@ -154,9 +154,15 @@ func TestClassicRejectionOnlyNodes(t *testing.T) {
 func TestClassicRecencyWeightAndWindow(t *testing.T) {
 	e := newTestEngine(t, ModeClassic)
 	mustSetLimits(t, e, "front", "u", map[string]Limit{"traffic_up": {Rate: 1000, Burst: 1000}}, 10)
-	// A's latest report is for slot 10, B's for slot 13.
+	// A's latest report about the user is for slot 10, B's for slot 13.
+	// Both nodes keep reporting every slot, so both stay live.
 	mustIngest(t, e, report("A", 11, "front", map[string]map[string]float64{"u": {"traffic_up": 100}}, nil))
 	mustIngest(t, e, report("B", 14, "front", map[string]map[string]float64{"u": {"traffic_up": 100}}, nil))
+	for sent := int64(12); sent <= 16; sent++ {
+		mustIngest(t, e, report("A", sent, "front", nil, nil))
+	}
+	mustIngest(t, e, report("B", 15, "front", nil, nil))
+	mustIngest(t, e, report("B", 16, "front", nil, nil))
 
 	// At slot 15, A's report is 4 slots old: weight 1 against B's 4.
 	mustAssign(t, e, 15, nil)

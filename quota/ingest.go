@@ -2,7 +2,6 @@ package quota
 
 import (
 	"fmt"
-	"math"
 
 	"github.com/throttlecentral/throttle-central/protocol"
 )
@@ -176,8 +175,7 @@ func (e *Engine) settle(u *userState, un *userNode, slot int64, consumption map[
 		}
 		switch {
 		case ok:
-			r.level += granted - used
-			r.outstanding = math.Max(r.outstanding-granted, 0)
+			r.settle(granted, used)
 			share = grantShare
 		case e.billable(r, slot, lastAssigned):
 			r.level -= used
@@ -193,11 +191,11 @@ func (e *Engine) settle(u *userState, un *userNode, slot int64, consumption map[
 }
 
 // billable reports whether consumption of slot without a grant is charged.
-// Slots before billFrom were covered by a previous leader, and in reserve
-// mode a report more than LateSlots late finds its grant already counted as
-// consumed.
+// Slots before billFrom were covered by a previous leader or came before
+// the bucket's first quota, and in reserve mode a report more than
+// LateSlots late finds its grant already counted as consumed.
 func (e *Engine) billable(r *resourceState, slot, lastAssigned int64) bool {
-	if slot < r.billFrom {
+	if slot < r.billFrom || (e.mode == ModeReserve && !r.started) {
 		return false
 	}
 	if e.mode == ModeReserve && lastAssigned > 0 && slot+LateSlots <= lastAssigned {

@@ -33,14 +33,21 @@ func (e *Engine) Quotas(nodeID string, slot int64, services []string) map[string
 	return out
 }
 
-// LiveNodes returns how many live nodes the latest assignment counted.
+// LiveNodes returns how many live nodes the latest assignment counted, or
+// before the first assignment the restored checkpoint's count, or else how
+// many nodes have reported.
 func (e *Engine) LiveNodes() int {
-	return int(e.liveNodes.Load())
+	if n := e.liveNodes.Load(); n > 0 {
+		return int(n)
+	}
+	e.nodesMu.RLock()
+	defer e.nodesMu.RUnlock()
+	return len(e.nodes)
 }
 
 // Shares returns the safe fallback of the given users of one service: each
 // limited resource's rate divided among the live nodes of the latest
-// assignment (at least one). An edge node that has no quota for the current
+// assignment (see LiveNodes, at least one). An edge node that has no quota for the current
 // slot may admit that much per slot; together the live nodes then admit at
 // most the limit. Users without a limit are left out.
 func (e *Engine) Shares(service string, users []string) protocol.Shares {

@@ -67,11 +67,12 @@ func classicWeight(slot, reported int64) float64 {
 // Tuning of the reserve split. The values were chosen with throttle-sim;
 // docs/benchmarks.md shows what they give.
 const (
-	// saturatedGrantFactor caps one slot's grant, in seconds of rate, while
-	// any node rejects the user. Tokens the bucket gained from grants that
-	// went unused elsewhere are then handed out at most 5% faster than the
-	// rate, so a misplaced grant never turns into a spike two slots later.
-	saturatedGrantFactor = 1.05
+	// creditPerSlot caps, as a fraction of the rate, how much refunded
+	// credit one slot's grant may add while any node rejects the user. A
+	// grant that went unused on one node while others rejected was a
+	// misplacement, not saved-up demand, so it is handed out again at most
+	// 5% of the rate per slot instead of as a spike two slots later.
+	creditPerSlot = 0.05
 	// headroom is the margin a node that rejected nothing gets above its
 	// latest consumption, so it can grow before it has to reject.
 	headroom = 0.1
@@ -92,28 +93,26 @@ const (
 )
 
 // splitReserve splits one slot's grant of a bucket among the live nodes and
-// returns the total granted. level is the bucket level after refill and
-// rate its refill per slot.
+// returns the total granted. level is the bucket level after refill, credit
+// the part of it that came back from unused grants, and rate the refill per
+// slot.
 //
 // While no node rejects the user, the whole level is granted: each node gets
 // its latest consumption plus headroom, and what is left goes to the nodes
 // in proportion to that, so stored burst is available where the traffic
-// is. Once any node rejects, the grant is capped at saturatedGrantFactor ×
-// rate; nodes that rejected nothing keep consumption plus headroom, and the
-// rejecting nodes share the rest, each starting from the share it held when
-// it made the observation and corrected towards equal rejections per unit of
-// consumption. With equal request sizes that converges to the demand split.
-func splitReserve(level, rate float64, cands []candidate, out []float64) float64 {
+// is. The caller then holds no credit, because unused grants of a user that
+// rejects nothing are savings, not misplacements. Once any node rejects, the grant is the level without the credit plus
+// at most creditPerSlot × rate of the credit. Nodes that rejected nothing
+// keep consumption plus headroom, and the rejecting nodes share the rest,
+// each starting from the share it held when it made the observation and
+// corrected towards equal rejections per unit of consumption. With equal
+// request sizes that converges to the demand split.
+func splitReserve(level, credit, rate float64, cands []candidate, out []float64) float64 {
 	grant := math.Max(level, 0)
-	saturated := false
-	for _, c := range cands {
-		if c.rejection > 0 {
-			saturated = true
-			break
-		}
-	}
+	saturated := anyRejection(cands)
 	if saturated {
-		grant = math.Min(grant, rate*saturatedGrantFactor)
+		fresh := math.Max(level-credit, 0)
+		grant = math.Min(grant, fresh+math.Min(credit, creditPerSlot*rate))
 	}
 	n := len(cands)
 	if grant <= 0 || n == 0 {
@@ -173,6 +172,17 @@ func splitReserve(level, rate float64, cands []candidate, out []float64) float64
 		}
 	}
 	return grant
+}
+
+// anyRejection reports whether any node rejected the user: the user's demand
+// exceeds what it was granted.
+func anyRejection(cands []candidate) bool {
+	for _, c := range cands {
+		if c.rejection > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // saturatedWeights writes a relative weight into out for each rejecting

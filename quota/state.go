@@ -13,8 +13,8 @@ type userState struct {
 	// per-node slices below; names is replaced, never changed in place, so
 	// published quota lists can share it without a lock.
 	resources []*resourceState
-	names   []string
-	limited int
+	names     []string
+	limited   int
 	// limitedIdx holds the indexes of the resources with a limit and
 	// limitedNames their names; both are replaced, never changed in place.
 	limitedIdx   []int
@@ -89,12 +89,25 @@ type resourceState struct {
 	// outstanding is the sum of grants not yet settled by a report (reserve
 	// mode). level + outstanding never exceeds the capacity.
 	outstanding float64
+	// credit is the part of level that came back from grants left unused
+	// while the user was rejected elsewhere, and has not been granted
+	// again; 0 <= credit <= max(level, 0).
+	credit float64
+	// saturated is set when a node rejected the user in the reports of the
+	// latest assignment.
+	saturated bool
 	// refilled is the slot of the last refill.
 	refilled int64
 	// billFrom is the first slot whose reports are billed. A new leader sets
 	// it past the slots that the old leader's quotas or the edge fallback
 	// covered, because it skipped their refill.
 	billFrom int64
+	// started is set by the first assignment that grants from the bucket
+	// (reserve mode). Until then the bucket holds its initial second of
+	// tokens without refill and bills nothing: the slots before its first
+	// quota were held to the edge fallback, and no tokens were set aside
+	// for them.
+	started bool
 	// grantedTotal is the total of the latest assignment, for the monitor.
 	grantedTotal float64
 }
@@ -103,20 +116,52 @@ func (r *resourceState) setLimit(l Limit, slot int64) {
 	if !r.hasLimit {
 		r.hasLimit = true
 		r.level = l.Rate
-		r.outstanding = 0
+		r.outstanding, r.credit = 0, 0
 		r.refilled = slot
 		r.billFrom = 0
+		r.started = false
 	}
 	r.limit = l
 	r.setSlot = slot
 	r.level = math.Min(r.level, l.Capacity())
+	r.clamp()
 }
 
 func (r *resourceState) removeLimit() {
 	r.hasLimit = false
 	r.limit = Limit{}
-	r.level = 0
-	r.outstanding = 0
+	r.level, r.outstanding, r.credit = 0, 0, 0
+}
+
+// grant takes amount out of the level as outstanding grants, using fresh
+// tokens before credit.
+func (r *resourceState) grant(amount float64) {
+	fresh := math.Max(r.level-r.credit, 0)
+	r.credit = math.Max(r.credit-math.Max(amount-fresh, 0), 0)
+	r.level -= amount
+	r.outstanding += amount
+	r.clamp()
+}
+
+// settle returns what a node did not use of its grant to the bucket, or
+// charges what it used beyond it. While the user is rejected elsewhere the
+// unused part is credit, handed out again only slowly.
+func (r *resourceState) settle(granted, used float64) {
+	r.outstanding = math.Max(r.outstanding-granted, 0)
+	r.level += granted - used
+	if unused := granted - used; unused > 0 && r.saturated {
+		r.credit += unused
+	}
+	r.clamp()
+}
+
+// start marks the first grant of a bucket at slot (reserve mode): its
+// initial second of tokens is granted without refill, and billing begins
+// with the slot of the first quota.
+func (r *resourceState) start(slot int64) {
+	r.started = true
+	r.refilled = slot
+	r.billFrom = slot + 2
 }
 
 // refill adds the tokens of the slots since the last refill, up to the
@@ -130,8 +175,8 @@ func (r *resourceState) refill(slot int64) {
 	r.clamp()
 }
 
-// clamp keeps level + outstanding within the capacity and the debt within
-// one capacity.
+// clamp keeps level + outstanding within the capacity, the debt within one
+// capacity, and the credit within the level.
 func (r *resourceState) clamp() {
 	capacity := r.limit.Capacity()
 	if r.level+r.outstanding > capacity {
@@ -140,6 +185,7 @@ func (r *resourceState) clamp() {
 	if r.level < -capacity {
 		r.level = -capacity
 	}
+	r.credit = math.Min(r.credit, math.Max(r.level, 0))
 }
 
 // userNode is what the engine knows about one user on one edge node.
