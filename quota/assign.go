@@ -196,7 +196,8 @@ func (w *assignWorker) assignUser(u *userState) bool {
 	if n == 0 {
 		for _, i := range u.limitedIdx {
 			r := u.resources[i]
-			r.grantedTotal, r.saturated, r.credit = 0, false, 0
+			r.grantedTotal = 0
+			r.classifyRefunds(false)
 		}
 		return false
 	}
@@ -234,10 +235,7 @@ func (w *assignWorker) assignUser(u *userState) bool {
 				granted += q
 			}
 		} else {
-			r.saturated = anyRejection(cands)
-			if !r.saturated {
-				r.credit = 0
-			}
+			r.classifyRefunds(anyRejection(cands))
 			granted = splitReserve(r.level, r.credit, r.limit.Rate, cands, split)
 			r.grant(granted)
 		}

@@ -26,8 +26,10 @@ type frame struct {
 	quotas map[string]*nodeQuotas
 }
 
+// newHistory keeps slots slots before the current one, plus the current
+// one and the two whose quotas are already assigned.
 func newHistory(slots int) *history {
-	return &history{frames: make([]frame, slots)}
+	return &history{frames: make([]frame, slots+3)}
 }
 
 // frameFor returns the frame of slot, recycling an older one, or nil when

@@ -100,8 +100,7 @@ const (
 // While no node rejects the user, the whole level is granted: each node gets
 // its latest consumption plus headroom, and what is left goes to the nodes
 // in proportion to that, so stored burst is available where the traffic
-// is. The caller then holds no credit, because unused grants of a user that
-// rejects nothing are savings, not misplacements. Once any node rejects, the grant is the level without the credit plus
+// is. Once any node rejects, the grant is the level without the credit plus
 // at most creditPerSlot × rate of the credit. Nodes that rejected nothing
 // keep consumption plus headroom, and the rejecting nodes share the rest,
 // each starting from the share it held when it made the observation and

@@ -93,9 +93,10 @@ type resourceState struct {
 	// while the user was rejected elsewhere, and has not been granted
 	// again; 0 <= credit <= max(level, 0).
 	credit float64
-	// saturated is set when a node rejected the user in the reports of the
-	// latest assignment.
-	saturated bool
+	// refunded is what came back from unused grants since the latest
+	// assignment. The next assignment turns it into credit when a node
+	// rejected the user in the same reports, and into plain tokens when not.
+	refunded float64
 	// refilled is the slot of the last refill.
 	refilled int64
 	// billFrom is the first slot whose reports are billed. A new leader sets
@@ -144,14 +145,27 @@ func (r *resourceState) grant(amount float64) {
 }
 
 // settle returns what a node did not use of its grant to the bucket, or
-// charges what it used beyond it. While the user is rejected elsewhere the
-// unused part is credit, handed out again only slowly.
+// charges what it used beyond it.
 func (r *resourceState) settle(granted, used float64) {
 	r.outstanding = math.Max(r.outstanding-granted, 0)
 	r.level += granted - used
-	if unused := granted - used; unused > 0 && r.saturated {
-		r.credit += unused
+	if unused := granted - used; unused > 0 {
+		r.refunded += unused
 	}
+	r.clamp()
+}
+
+// classifyRefunds turns the refunds since the latest assignment into credit
+// when the user is rejected somewhere (saturated): a grant that went unused
+// on one node while another rejected was misplaced, not saved. When nobody
+// rejects, all stored tokens are plain savings.
+func (r *resourceState) classifyRefunds(saturated bool) {
+	if saturated {
+		r.credit += r.refunded
+	} else {
+		r.credit = 0
+	}
+	r.refunded = 0
 	r.clamp()
 }
 
