@@ -90,8 +90,8 @@ type Config struct {
 // Each node has a small mutex for its duplicate filter and its published
 // quotas; assignments publish a node's quotas as an immutable list, so
 // answering a report never takes a shard lock. Lock order: assignMu, then a
-// shard, then a node, then the history; the registry lock (nodesMu) is never
-// held while another lock is taken.
+// shard, then a node, then the history. The registry lock (nodesMu) is taken
+// only before a node's lock, never together with a shard's.
 type Engine struct {
 	mode         Mode
 	historySlots int

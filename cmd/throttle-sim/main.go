@@ -29,6 +29,7 @@ func run(args []string, stdout io.Writer) error {
 	seed := flags.Uint64("seed", 1, "random seed for request sizes; the same seed gives the same output")
 	only := flags.String("scenario", "", "run only the scenarios with these comma-separated names (default all)")
 	list := flags.Bool("list", false, "list the scenarios and exit")
+	trace := flags.Bool("trace", false, "also print each slot's admitted amount over the limit, per scenario and mode")
 	if err := flags.Parse(args); err != nil {
 		return err
 	}
@@ -56,6 +57,9 @@ func run(args []string, stdout io.Writer) error {
 			}
 			results = append(results, res)
 		}
+	}
+	if *trace {
+		printTrace(stdout, results)
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -97,6 +101,17 @@ func printTable(w io.Writer, results []sim.Result) error {
 			r.Scenario, r.Mode, r.Mean, r.P5, r.P50, r.P95, r.Max, slots(r.ConvergeSlots), slots(r.FirstQuotaSlots))
 	}
 	return tw.Flush()
+}
+
+// printTrace prints one line per scenario and mode: slot:ratio pairs.
+func printTrace(w io.Writer, results []sim.Result) {
+	for _, r := range results {
+		fmt.Fprintf(w, "%s %s", r.Scenario, r.Mode)
+		for slot := 1; slot < len(r.Ratios); slot++ {
+			fmt.Fprintf(w, " %d:%.2f", slot, r.Ratios[slot])
+		}
+		fmt.Fprintln(w)
+	}
 }
 
 func slots(n int) string {
