@@ -18,7 +18,11 @@ build: ## Build every binary into bin/
 	$(GO) build -o $(BIN)/ ./cmd/...
 
 .PHONY: run
-run: build ## Run the accuracy simulator and print its table
+run: build ## Start three centrals on 127.0.0.1 (HTTP 8081-8083); Ctrl-C stops them
+	scripts/cluster.sh run
+
+.PHONY: sim
+sim: build ## Run the accuracy simulator and print its table
 	$(BIN)/throttle-sim
 
 .PHONY: test

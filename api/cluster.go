@@ -1,0 +1,148 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/throttlecentral/throttle-central/fsm"
+	"github.com/throttlecentral/throttle-central/quota"
+	"github.com/throttlecentral/throttle-central/raftnode"
+)
+
+// JoinRequest is the body of POST /v1/cluster/join.
+type JoinRequest struct {
+	NodeID   string `json:"node_id"`
+	RaftAddr string `json:"raft_addr"`
+	HTTPAddr string `json:"http_addr"`
+	// HasState is true when the joining node already has Raft data. A node
+	// that was removed from the cluster must not come back with it.
+	HasState bool `json:"has_state,omitempty"`
+}
+
+func (r JoinRequest) validate() error {
+	if err := quota.ValidateName("node_id", r.NodeID); err != nil {
+		return err
+	}
+	for field, addr := range map[string]string{"raft_addr": r.RaftAddr, "http_addr": r.HTTPAddr} {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil || host == "" || port == "" {
+			return fmt.Errorf("%w: %s %q is not a host:port address", quota.ErrInvalid, field, addr)
+		}
+	}
+	return nil
+}
+
+func (s *Server) join(c echo.Context) error {
+	body, err := readBody(c)
+	if err != nil {
+		return err
+	}
+	var req JoinRequest
+	if err := decodeJSON(body, &req); err != nil {
+		return err
+	}
+	if err := req.validate(); err != nil {
+		return err
+	}
+	if !s.cfg.Cluster.IsLeader() {
+		return s.forward(c, body)
+	}
+
+	if removedAt, ok := s.cfg.State.Tombstone(req.NodeID); ok && req.HasState {
+		s.log.Warn("rejected join of a removed server that kept its data", slog.String("node_id", req.NodeID))
+		return newError(http.StatusConflict, CodeConflict, fmt.Sprintf(
+			"server %q was removed from the cluster at %s and still has its old Raft data; stop it, delete its data directory and start it again with --join, or start it with a new --node-id",
+			req.NodeID, time.UnixMilli(removedAt).UTC().Format(time.RFC3339)))
+	}
+	if err := s.cfg.Cluster.Join(req.NodeID, req.RaftAddr); err != nil {
+		return err
+	}
+	cmd := fsm.SetServerCommand{ID: req.NodeID, HTTPAddr: req.HTTPAddr, RaftAddr: req.RaftAddr}
+	if err := s.apply(c.Request().Context(), cmd); err != nil {
+		return err
+	}
+	s.log.Info("server joined", slog.String("node_id", req.NodeID),
+		slog.String("raft_addr", req.RaftAddr), slog.String("http_addr", req.HTTPAddr))
+	return c.JSON(http.StatusOK, map[string]any{"joined": req.NodeID, "leader": s.cfg.NodeID})
+}
+
+func (s *Server) removeServer(c echo.Context) error {
+	id, err := pathName(c, "id")
+	if err != nil {
+		return err
+	}
+	if !s.cfg.Cluster.IsLeader() {
+		return s.forward(c, nil)
+	}
+	if err := s.cfg.Cluster.Remove(id); err != nil {
+		if errors.Is(err, raftnode.ErrUnknownServer) {
+			return newError(http.StatusNotFound, CodeNotFound, fmt.Sprintf("server %q is not in the cluster", id))
+		}
+		return err
+	}
+	if err := s.apply(c.Request().Context(), fsm.RemoveServerCommand{ID: id, TS: s.now().UnixMilli()}); err != nil {
+		return err
+	}
+	s.log.Info("server removed", slog.String("node_id", id))
+	return c.NoContent(http.StatusNoContent)
+}
+
+// ServerStatus is one server in GET /v1/cluster.
+type ServerStatus struct {
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"`
+	HTTPAddr string `json:"http_addr,omitempty"`
+	Suffrage string `json:"suffrage"`
+	Leader   bool   `json:"leader"`
+}
+
+// ClusterStatus is the body of GET /v1/cluster, as this node sees it.
+type ClusterStatus struct {
+	NodeID       string         `json:"node_id"`
+	State        string         `json:"state"`
+	Leader       string         `json:"leader"`
+	LeaderHTTP   string         `json:"leader_http_addr,omitempty"`
+	Term         uint64         `json:"term"`
+	CommitIndex  uint64         `json:"commit_index"`
+	AppliedIndex uint64         `json:"applied_index"`
+	Servers      []ServerStatus `json:"servers"`
+}
+
+func (s *Server) clusterStatus(c echo.Context) error {
+	stats, err := s.cfg.Cluster.Stats()
+	if err != nil {
+		return err
+	}
+	servers, err := s.cfg.Cluster.Servers()
+	if err != nil {
+		return err
+	}
+	leaderID, _ := s.cfg.Cluster.Leader()
+	status := ClusterStatus{
+		NodeID:       s.cfg.NodeID,
+		State:        stats.State.String(),
+		Leader:       leaderID,
+		LeaderHTTP:   s.leaderHTTPAddr(),
+		Term:         stats.Term,
+		CommitIndex:  stats.CommitIndex,
+		AppliedIndex: stats.AppliedIndex,
+		Servers:      make([]ServerStatus, 0, len(servers)),
+	}
+	for _, server := range servers {
+		meta, _ := s.cfg.State.Server(server.ID)
+		status.Servers = append(status.Servers, ServerStatus{
+			ID:       server.ID,
+			RaftAddr: server.Address,
+			HTTPAddr: meta.HTTPAddr,
+			Suffrage: server.Suffrage,
+			Leader:   server.ID == leaderID,
+		})
+	}
+	return c.JSON(http.StatusOK, status)
+}

@@ -1,0 +1,86 @@
+package api
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+type metrics struct {
+	requests    *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	forwarded   *prometheus.CounterVec
+	limitWrites *prometheus.CounterVec
+}
+
+func newMetrics(reg *prometheus.Registry, cluster Cluster) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "throttle_http_requests_total",
+			Help: "HTTP requests by route pattern, method and status code.",
+		}, []string{"route", "method", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "throttle_http_request_duration_seconds",
+			Help:    "HTTP request handling time by route pattern and method, in seconds.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"route", "method"}),
+		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "throttle_forwarded_requests_total",
+			Help: "Requests this follower forwarded to the leader, by outcome (ok, error).",
+		}, []string{"outcome"}),
+		limitWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "throttle_limit_writes_total",
+			Help: "Limit changes this leader replicated, by operation (put, delete) and outcome (ok, error).",
+		}, []string{"op", "outcome"}),
+	}
+	leader := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "throttle_raft_leader",
+		Help: "1 when this central is the Raft leader, else 0.",
+	}, func() float64 {
+		if cluster.IsLeader() {
+			return 1
+		}
+		return 0
+	})
+	term := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "throttle_raft_term",
+		Help: "The Raft term this central is in.",
+	}, func() float64 {
+		stats, err := cluster.Stats()
+		if err != nil {
+			return 0
+		}
+		return float64(stats.Term)
+	})
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.forwarded, m.limitWrites, leader, term,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// instrument counts every request by its route pattern, so the label set
+// stays bounded whatever paths clients send.
+func (s *Server) instrument(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		err := next(c)
+		route := c.Path()
+		if route == "" {
+			route = "unmatched"
+		}
+		code := c.Response().Status
+		if err != nil {
+			code = toError(err).Status
+		}
+		method := c.Request().Method
+		s.metrics.requests.WithLabelValues(route, method, strconv.Itoa(code)).Inc()
+		s.metrics.duration.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
+		return err
+	}
+}

@@ -1,0 +1,271 @@
+// Package central wires one throttle-central server together: the Raft
+// node with the replicated state, the HTTP API, joining a cluster, and the
+// ordered shutdown. cmd/throttle-central turns flags into a Config and
+// calls Start.
+package central
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/throttlecentral/throttle-central/api"
+	"github.com/throttlecentral/throttle-central/fsm"
+	"github.com/throttlecentral/throttle-central/raftnode"
+)
+
+// Config configures one central.
+type Config struct {
+	// NodeID is the Raft server ID; it must stay the same for the life of
+	// DataDir.
+	NodeID string
+	// HTTPAddr is the host:port the API listens on; port 0 picks a free one.
+	HTTPAddr string
+	// HTTPAdvertise is the host:port other centrals use to reach the API.
+	// Empty means the address the listener resolved from HTTPAddr.
+	HTTPAdvertise string
+	// RaftAddr is the host:port of the Raft transport, also advertised.
+	RaftAddr string
+	// DataDir holds the Raft log, stable store and snapshots.
+	DataDir string
+	// Bootstrap creates a one-server cluster when DataDir is empty.
+	Bootstrap bool
+	// Join lists HTTP addresses of cluster members to ask for membership.
+	// Empty with Bootstrap false means the node waits to be added.
+	Join []string
+	// JoinRetry is the first delay between join attempts; it doubles up to
+	// MaxJoinRetry. Zero means DefaultJoinRetry.
+	JoinRetry time.Duration
+
+	// Raft holds the Raft timing; NodeID, RaftAddr, DataDir, Bootstrap,
+	// FSM and Logger are filled in from the fields above.
+	Raft raftnode.Config
+
+	Logger   *slog.Logger
+	Registry *prometheus.Registry
+}
+
+const (
+	// DefaultJoinRetry is the first delay between join attempts.
+	DefaultJoinRetry = 500 * time.Millisecond
+	// MaxJoinRetry caps the delay between join attempts.
+	MaxJoinRetry = 5 * time.Second
+)
+
+// Central is one running server.
+type Central struct {
+	cfg      Config
+	log      *slog.Logger
+	fsm      *fsm.FSM
+	node     *raftnode.Node
+	api      *api.Server
+	listener net.Listener
+	httpAddr string
+	ready    *readiness
+
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	fatal   chan error
+	closeMu sync.Mutex
+	closed  bool
+}
+
+// Start opens the Raft node, starts the API and, when Join is set, asks the
+// cluster for membership in the background.
+func Start(cfg Config) (*Central, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	if cfg.JoinRetry <= 0 {
+		cfg.JoinRetry = DefaultJoinRetry
+	}
+	log := cfg.Logger.With(slog.String("component", "central"), slog.String("node_id", cfg.NodeID))
+	hasState := hasRaftState(cfg.DataDir)
+
+	listener, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err)
+	}
+	httpAddr := cfg.HTTPAdvertise
+	if httpAddr == "" {
+		httpAddr = listener.Addr().String()
+		if host, _, _ := net.SplitHostPort(httpAddr); net.ParseIP(host).IsUnspecified() {
+			listener.Close()
+			return nil, fmt.Errorf("HTTP address %s listens on all interfaces; set the address other centrals reach it at with --http-advertise", cfg.HTTPAddr)
+		}
+	}
+
+	state := fsm.New(fsm.Options{Logger: cfg.Logger})
+	raftCfg := cfg.Raft
+	raftCfg.NodeID, raftCfg.RaftAddr, raftCfg.DataDir = cfg.NodeID, cfg.RaftAddr, cfg.DataDir
+	raftCfg.Bootstrap, raftCfg.FSM, raftCfg.Logger = cfg.Bootstrap, state, cfg.Logger
+	node, err := raftnode.Open(raftCfg)
+	if err != nil {
+		listener.Close()
+		return nil, err
+	}
+
+	c := &Central{
+		cfg:      cfg,
+		log:      log,
+		fsm:      state,
+		node:     node,
+		listener: listener,
+		httpAddr: httpAddr,
+		ready:    &readiness{node: node},
+		fatal:    make(chan error, 1),
+	}
+	c.api, err = api.New(api.Config{
+		NodeID:   cfg.NodeID,
+		Cluster:  node,
+		State:    state,
+		Ready:    c.ready.check,
+		Logger:   cfg.Logger,
+		Registry: cfg.Registry,
+	})
+	if err != nil {
+		c.closeRaft(context.Background())
+		listener.Close()
+		return nil, err
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	c.wg.Add(2)
+	go func() {
+		defer c.wg.Done()
+		if err := c.api.Serve(listener); err != nil {
+			c.fail(fmt.Errorf("HTTP server on %s: %w", listener.Addr(), err))
+		}
+	}()
+	go func() {
+		defer c.wg.Done()
+		c.followLeadership(ctx)
+	}()
+	if len(cfg.Join) > 0 {
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.joinLoop(ctx, hasState)
+		}()
+	}
+	log.Info("central started", slog.String("http_addr", httpAddr), slog.String("raft_addr", node.Addr()),
+		slog.String("data_dir", cfg.DataDir), slog.Bool("bootstrap", cfg.Bootstrap), slog.Bool("has_state", hasState))
+	return c, nil
+}
+
+// HTTPAddr returns the advertised HTTP address.
+func (c *Central) HTTPAddr() string { return c.httpAddr }
+
+// RaftAddr returns the advertised Raft address.
+func (c *Central) RaftAddr() string { return c.node.Addr() }
+
+// Node returns the Raft node.
+func (c *Central) Node() *raftnode.Node { return c.node }
+
+// State returns the replicated state.
+func (c *Central) State() *fsm.FSM { return c.fsm }
+
+// Fatal returns a channel that receives an error when the central cannot go
+// on, for example when the cluster refuses to let it join.
+func (c *Central) Fatal() <-chan error { return c.fatal }
+
+func (c *Central) fail(err error) {
+	select {
+	case c.fatal <- err:
+	default:
+	}
+}
+
+// followLeadership reacts to every leadership change in order. On gaining
+// leadership it runs a barrier, so the state holds every committed entry,
+// then makes sure the cluster records this server's HTTP address.
+func (c *Central) followLeadership(ctx context.Context) {
+	changes := c.node.LeadershipChanges()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case leader, ok := <-changes:
+			if !ok {
+				return
+			}
+			if !leader {
+				c.log.Info("leadership lost")
+				continue
+			}
+			start := time.Now()
+			if err := c.node.Barrier(ctx); err != nil {
+				c.log.Warn("barrier after gaining leadership failed", slog.Any("error", err))
+				continue
+			}
+			c.log.Info("leadership gained", slog.Duration("barrier", time.Since(start)))
+			c.recordOwnAddress(ctx)
+		}
+	}
+}
+
+// recordOwnAddress replicates this server's addresses when the state does
+// not hold them yet, so followers can forward to it.
+func (c *Central) recordOwnAddress(ctx context.Context) {
+	own := fsm.Server{ID: c.cfg.NodeID, HTTPAddr: c.httpAddr, RaftAddr: c.node.Addr()}
+	if got, ok := c.fsm.Server(own.ID); ok && got == own {
+		return
+	}
+	data, err := fsm.Encode(fsm.SetServerCommand{ID: own.ID, HTTPAddr: own.HTTPAddr, RaftAddr: own.RaftAddr})
+	if err == nil {
+		_, err = c.node.Apply(ctx, data)
+	}
+	if err != nil {
+		c.log.Warn("recording this server's addresses failed", slog.Any("error", err))
+		return
+	}
+	c.log.Info("recorded this server's addresses", slog.String("http_addr", own.HTTPAddr), slog.String("raft_addr", own.RaftAddr))
+}
+
+// Close shuts the central down in order: stop taking requests, stop the
+// background work, hand leadership over and shut Raft down, then close the
+// stores. It is idempotent.
+func (c *Central) Close(ctx context.Context) error {
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	start := time.Now()
+
+	var errs []error
+	if err := c.api.Shutdown(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	c.cancel()
+	if err := c.closeRaft(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	c.wg.Wait()
+	err := errors.Join(errs...)
+	c.log.Info("central stopped", slog.Duration("duration", time.Since(start)), slog.Any("error", err))
+	return err
+}
+
+func (c *Central) closeRaft(ctx context.Context) error {
+	return c.node.Close(ctx)
+}
+
+// hasRaftState reports whether dir already holds a Raft store.
+func hasRaftState(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "raft.db"))
+	return err == nil
+}

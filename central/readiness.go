@@ -1,0 +1,47 @@
+package central
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/throttlecentral/throttle-central/raftnode"
+)
+
+// readiness decides /readyz: a leader is known, this node has heard from it
+// (or is it), and the FSM has applied every entry that this node's log held
+// when it first saw a leader. A restarted node therefore reports not ready
+// until it has replayed its own log and caught up to that point.
+type readiness struct {
+	node *raftnode.Node
+
+	mu     sync.Mutex
+	target uint64
+	armed  bool
+}
+
+func (r *readiness) check() (bool, string) {
+	id, _ := r.node.Leader()
+	if id == "" {
+		return false, "no leader is known"
+	}
+	stats, err := r.node.Stats()
+	if err != nil {
+		return false, "reading raft stats failed: " + err.Error()
+	}
+	if stats.State != raft.Leader && stats.LastContact == raftnode.NoContact {
+		return false, "the leader has not contacted this node yet"
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.armed {
+		r.target = max(stats.CommitIndex, stats.LastLogIndex)
+		r.armed = true
+	}
+	if stats.AppliedIndex < r.target {
+		return false, fmt.Sprintf("applied index %d is behind index %d, the newest entry known when a leader appeared", stats.AppliedIndex, r.target)
+	}
+	return true, ""
+}

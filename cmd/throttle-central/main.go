@@ -1,0 +1,176 @@
+// Command throttle-central runs one central of a throttle-central cluster.
+//
+// Every flag can also be set with an environment variable: THROTTLE_ and
+// the flag name in upper case with '-' as '_', for example THROTTLE_NODE_ID
+// for --node-id. A flag on the command line wins over the environment.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/throttlecentral/throttle-central/central"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+// options are the parsed flags.
+type options struct {
+	nodeID        string
+	httpAddr      string
+	httpAdvertise string
+	raftAddr      string
+	dataDir       string
+	bootstrap     bool
+	join          string
+	logLevel      string
+	logFormat     string
+	shutdown      time.Duration
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	flags := flag.NewFlagSet("throttle-central", flag.ContinueOnError)
+	flags.SetOutput(stderr)
+	flags.StringVar(&o.nodeID, "node-id", "", "Raft server ID of this central, unique in the cluster and fixed for the life of its data directory (required)")
+	flags.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:8081", "host:port the HTTP API listens on")
+	flags.StringVar(&o.httpAdvertise, "http-advertise", "", "host:port other centrals use to reach the HTTP API (default: the address --http-addr resolves to; required when it listens on all interfaces)")
+	flags.StringVar(&o.raftAddr, "raft-addr", "127.0.0.1:7001", "host:port of the Raft transport; other centrals connect to this address, so it must not be a wildcard")
+	flags.StringVar(&o.dataDir, "data-dir", "", "directory for the Raft log, stable store and snapshots (required; created if missing)")
+	flags.BoolVar(&o.bootstrap, "bootstrap", false, "create a one-server cluster when the data directory is empty; harmless on restart")
+	flags.StringVar(&o.join, "join", "", "comma-separated HTTP host:port addresses of cluster members to ask for membership, retried with backoff")
+	flags.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	flags.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	flags.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before the process exits anyway")
+	flags.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: throttle-central --node-id ID --data-dir DIR [--bootstrap | --join ADDR,...] [flags]\n\n")
+		fmt.Fprintf(stderr, "Every flag can also be set as THROTTLE_<FLAG> in the environment, for example THROTTLE_NODE_ID.\n\nFlags:\n")
+		flags.PrintDefaults()
+	}
+	if err := flags.Parse(args); err != nil {
+		return o, err
+	}
+	if err := applyEnvironment(flags, os.LookupEnv); err != nil {
+		return o, err
+	}
+	if flags.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q; flags start with --", flags.Arg(0))
+	}
+	switch {
+	case o.nodeID == "":
+		return o, errors.New("--node-id is required")
+	case o.dataDir == "":
+		return o, errors.New("--data-dir is required")
+	case o.shutdown <= 0:
+		return o, fmt.Errorf("--shutdown-timeout %v must be positive", o.shutdown)
+	}
+	return o, nil
+}
+
+// applyEnvironment sets every flag not given on the command line from
+// THROTTLE_<NAME>, where NAME is the flag name in upper case with '-' as
+// '_'. An invalid value names the variable.
+func applyEnvironment(flags *flag.FlagSet, lookup func(string) (string, bool)) error {
+	given := make(map[string]bool)
+	flags.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	flags.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		name := "THROTTLE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		value, ok := lookup(name)
+		if !ok {
+			return
+		}
+		if err := flags.Set(f.Name, value); err != nil {
+			errs = append(errs, fmt.Errorf("environment variable %s=%q: %v", name, value, err))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q is invalid; use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q is invalid; use text or json", format)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}
+
+func run(args []string, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "throttle-central:", err)
+		return 2
+	}
+	logger, err := newLogger(o.logLevel, o.logFormat, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "throttle-central:", err)
+		return 2
+	}
+
+	c, err := central.Start(central.Config{
+		NodeID:        o.nodeID,
+		HTTPAddr:      o.httpAddr,
+		HTTPAdvertise: o.httpAdvertise,
+		RaftAddr:      o.raftAddr,
+		DataDir:       o.dataDir,
+		Bootstrap:     o.bootstrap,
+		Join:          splitList(o.join),
+		Logger:        logger,
+	})
+	if err != nil {
+		logger.Error("start failed", slog.Any("error", err))
+		return 1
+	}
+
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	code := 0
+	select {
+	case sig := <-signals:
+		logger.Info("shutting down", slog.String("signal", sig.String()))
+	case err := <-c.Fatal():
+		logger.Error("stopping after a fatal error", slog.Any("error", err))
+		code = 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), o.shutdown)
+	defer cancel()
+	if err := c.Close(ctx); err != nil {
+		logger.Error("shutdown failed", slog.Any("error", err))
+		code = 1
+	}
+	return code
+}

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Starts, stops and shows a three-central cluster on this machine.
+#
+#   scripts/cluster.sh up       start three centrals in the background and wait for a leader
+#   scripts/cluster.sh down     stop them (SIGTERM by PID, SIGKILL after 10 s)
+#   scripts/cluster.sh status   show each central's PID and the cluster as node 1 sees it
+#   scripts/cluster.sh run      start them in the foreground; Ctrl-C stops all three
+#
+# Defaults: HTTP 127.0.0.1:8081-8083, Raft 127.0.0.1:7001-7003, data under
+# ./data. Override with HTTP_PORT_BASE, RAFT_PORT_BASE (the first node's
+# ports; the others add 1 and 2), DATA_DIR, HOST and BIN (the
+# throttle-central binary, default bin/throttle-central).
+set -euo pipefail
+
+HOST=${HOST:-127.0.0.1}
+HTTP_PORT_BASE=${HTTP_PORT_BASE:-8081}
+RAFT_PORT_BASE=${RAFT_PORT_BASE:-7001}
+DATA_DIR=${DATA_DIR:-./data}
+BIN=${BIN:-bin/throttle-central}
+NODES=3
+WAIT_SECONDS=${WAIT_SECONDS:-30}
+
+http_addr() { echo "$HOST:$((HTTP_PORT_BASE + $1 - 1))"; }
+raft_addr() { echo "$HOST:$((RAFT_PORT_BASE + $1 - 1))"; }
+node_dir() { echo "$DATA_DIR/c$1"; }
+pid_file() { echo "$DATA_DIR/c$1.pid"; }
+log_file() { echo "$DATA_DIR/c$1.log"; }
+
+running() {
+	local pid
+	[[ -f $(pid_file "$1") ]] || return 1
+	pid=$(cat "$(pid_file "$1")")
+	kill -0 "$pid" 2>/dev/null
+}
+
+# start_node N: starts central N in the background; node 1 bootstraps, the
+# others join through node 1's API.
+start_node() {
+	local n=$1 args
+	if running "$n"; then
+		echo "c$n is already running (PID $(cat "$(pid_file "$n")"))"
+		return
+	fi
+	mkdir -p "$(node_dir "$n")"
+	args=(--node-id "c$n" --http-addr "$(http_addr "$n")" --raft-addr "$(raft_addr "$n")" --data-dir "$(node_dir "$n")")
+	if [[ $n == 1 ]]; then
+		args+=(--bootstrap)
+	else
+		args+=(--join "$(http_addr 1)")
+	fi
+	"$BIN" "${args[@]}" >>"$(log_file "$n")" 2>&1 &
+	echo $! >"$(pid_file "$n")"
+	echo "started c$n (PID $!): HTTP $(http_addr "$n"), Raft $(raft_addr "$n"), log $(log_file "$n")"
+}
+
+# wait_for_cluster: polls until every node reports the same leader and three
+# servers, or fails after WAIT_SECONDS.
+wait_for_cluster() {
+	local deadline=$((SECONDS + WAIT_SECONDS)) n leaders status
+	while ((SECONDS < deadline)); do
+		leaders=()
+		for n in $(seq 1 $NODES); do
+			status=$(curl -sf "http://$(http_addr "$n")/v1/cluster" 2>/dev/null) || continue
+			if [[ $(grep -o '"suffrage"' <<<"$status" | wc -l) -eq $NODES ]]; then
+				leaders+=("$(sed -n 's/.*"leader":"\([^"]*\)".*/\1/p' <<<"$status")")
+			fi
+		done
+		if ((${#leaders[@]} == NODES)) && [[ -n ${leaders[0]} ]] &&
+			[[ $(printf '%s\n' "${leaders[@]}" | sort -u | wc -l) -eq 1 ]]; then
+			echo "cluster ready: leader ${leaders[0]}"
+			return 0
+		fi
+		sleep 0.2
+	done
+	echo "cluster not ready after ${WAIT_SECONDS}s; see the logs in $DATA_DIR" >&2
+	return 1
+}
+
+up() {
+	[[ -x $BIN ]] || { echo "$BIN not found; run make build first" >&2; exit 1; }
+	mkdir -p "$DATA_DIR"
+	for n in $(seq 1 $NODES); do start_node "$n"; done
+	wait_for_cluster
+}
+
+down() {
+	local n pid deadline
+	for n in $(seq 1 $NODES); do
+		running "$n" || { rm -f "$(pid_file "$n")"; continue; }
+		pid=$(cat "$(pid_file "$n")")
+		kill -TERM "$pid"
+		deadline=$((SECONDS + 10))
+		while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+		if kill -0 "$pid" 2>/dev/null; then
+			echo "c$n (PID $pid) did not stop in 10 s; sending SIGKILL"
+			kill -KILL "$pid"
+		fi
+		rm -f "$(pid_file "$n")"
+		echo "stopped c$n (PID $pid)"
+	done
+}
+
+status() {
+	local n
+	for n in $(seq 1 $NODES); do
+		if running "$n"; then
+			echo "c$n running (PID $(cat "$(pid_file "$n")")), HTTP $(http_addr "$n")"
+		else
+			echo "c$n stopped"
+		fi
+	done
+	curl -sf "http://$(http_addr 1)/v1/cluster" && echo || echo "c1 does not answer on $(http_addr 1)"
+}
+
+foreground() {
+	trap 'echo; down; exit 0' INT TERM
+	up
+	echo "press Ctrl-C to stop the cluster"
+	while true; do
+		sleep 1
+		for n in $(seq 1 $NODES); do
+			running "$n" || echo "c$n exited; see $(log_file "$n")"
+		done
+	done
+}
+
+case ${1:-} in
+up) up ;;
+down) down ;;
+status) status ;;
+run) foreground ;;
+*)
+	echo "usage: $0 up|down|status|run" >&2
+	exit 2
+	;;
+esac
