@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -29,10 +30,10 @@ func (r JoinRequest) validate() error {
 	if err := quota.ValidateName("node_id", r.NodeID); err != nil {
 		return err
 	}
-	for field, addr := range map[string]string{"raft_addr": r.RaftAddr, "http_addr": r.HTTPAddr} {
-		host, port, err := net.SplitHostPort(addr)
+	for _, field := range []struct{ name, addr string }{{"raft_addr", r.RaftAddr}, {"http_addr", r.HTTPAddr}} {
+		host, port, err := net.SplitHostPort(field.addr)
 		if err != nil || host == "" || port == "" {
-			return fmt.Errorf("%w: %s %q is not a host:port address", quota.ErrInvalid, field, addr)
+			return fmt.Errorf("%w: %s %q is not a host:port address", quota.ErrInvalid, field.name, field.addr)
 		}
 	}
 	return nil
@@ -80,13 +81,24 @@ func (s *Server) removeServer(c echo.Context) error {
 	if !s.cfg.Cluster.IsLeader() {
 		return s.forward(c, nil)
 	}
+	servers, err := s.cfg.Cluster.Servers()
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(servers, func(server raftnode.Server) bool { return server.ID == id }) {
+		return newError(http.StatusNotFound, CodeNotFound, fmt.Sprintf("server %q is not in the cluster", id))
+	}
+	// The tombstone is replicated before the configuration change, while
+	// this node is surely still the leader: removing the leader itself
+	// makes it step down, and a retry after a failed removal finds the
+	// server still there and repeats both steps.
+	if err := s.apply(c.Request().Context(), fsm.RemoveServerCommand{ID: id, TS: s.now().UnixMilli()}); err != nil {
+		return err
+	}
 	if err := s.cfg.Cluster.Remove(id); err != nil {
 		if errors.Is(err, raftnode.ErrUnknownServer) {
 			return newError(http.StatusNotFound, CodeNotFound, fmt.Sprintf("server %q is not in the cluster", id))
 		}
-		return err
-	}
-	if err := s.apply(c.Request().Context(), fsm.RemoveServerCommand{ID: id, TS: s.now().UnixMilli()}); err != nil {
 		return err
 	}
 	s.log.Info("server removed", slog.String("node_id", id))

@@ -251,5 +251,5 @@ func TestClusterStatusStatsError(t *testing.T) {
 
 	rec := node.do(t, http.MethodGet, "/v1/cluster", "")
 
-	wantError(t, rec, http.StatusInternalServerError, CodeInternal)
+	wantError(t, rec, http.StatusServiceUnavailable, CodeUnavailable)
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -67,6 +68,10 @@ func toError(err error) *Error {
 		return newError(http.StatusNotFound, CodeNotFound, err.Error())
 	case errors.Is(err, raftnode.ErrNoLeader), errors.Is(err, raftnode.ErrNotLeader):
 		return newError(http.StatusServiceUnavailable, CodeNoLeader, err.Error())
+	case errors.Is(err, raftnode.ErrClosed):
+		return newError(http.StatusServiceUnavailable, CodeUnavailable, "this central is shutting down; send the request to another central")
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return newError(http.StatusServiceUnavailable, CodeTimeout, "the request was cancelled or timed out before it finished: "+err.Error())
 	case errors.Is(err, raftnode.ErrTimeout):
 		return newError(http.StatusServiceUnavailable, CodeTimeout, err.Error())
 	case errors.As(err, &httpErr):
