@@ -19,7 +19,7 @@ import (
 // waitTimeout bounds every wait in these tests.
 const waitTimeout = 20 * time.Second
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	t.Helper()
 	if os.Getenv("THROTTLE_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -48,13 +48,13 @@ type testNode struct {
 func (n *testNode) id() string { return n.cfg.NodeID }
 
 // startNode starts a central on 127.0.0.1 with kernel-chosen ports.
-func startNode(t *testing.T, id string, bootstrap bool, join []string) *testNode {
+func startNode(t testing.TB, id string, bootstrap bool, join []string) *testNode {
 	t.Helper()
 	return startNodeWith(t, id, bootstrap, join, nil)
 }
 
 // startNodeWith is startNode with a hook that adjusts the configuration.
-func startNodeWith(t *testing.T, id string, bootstrap bool, join []string, adjust func(*Config)) *testNode {
+func startNodeWith(t testing.TB, id string, bootstrap bool, join []string, adjust func(*Config)) *testNode {
 	t.Helper()
 	cfg := Config{
 		NodeID:    id,
@@ -78,7 +78,7 @@ func startNodeWith(t *testing.T, id string, bootstrap bool, join []string, adjus
 	return n
 }
 
-func (n *testNode) start(t *testing.T) {
+func (n *testNode) start(t testing.TB) {
 	t.Helper()
 	c, err := Start(n.cfg)
 	if err != nil {
@@ -88,7 +88,7 @@ func (n *testNode) start(t *testing.T) {
 }
 
 // stop shuts the central down gracefully.
-func (n *testNode) stop(t *testing.T) {
+func (n *testNode) stop(t testing.TB) {
 	t.Helper()
 	if n.c == nil {
 		return
@@ -103,7 +103,7 @@ func (n *testNode) stop(t *testing.T) {
 
 // kill stops the central without handing leadership over, as a crash does
 // for the rest of the cluster.
-func (n *testNode) kill(t *testing.T) {
+func (n *testNode) kill(t testing.TB) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -116,7 +116,7 @@ func (n *testNode) kill(t *testing.T) {
 // startCluster starts size centrals: the first bootstraps, the others join
 // through its API. It waits until every node sees the same leader and all
 // servers.
-func startCluster(t *testing.T, size int) []*testNode {
+func startCluster(t testing.TB, size int) []*testNode {
 	t.Helper()
 	first := startNode(t, "c1", true, nil)
 	nodes := []*testNode{first}
@@ -129,7 +129,7 @@ func startCluster(t *testing.T, size int) []*testNode {
 
 // waitFor polls cond until it returns "" or the deadline passes, then fails
 // with the last reason.
-func waitFor(t *testing.T, what string, cond func() string) {
+func waitFor(t testing.TB, what string, cond func() string) {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
 	reason := ""
@@ -144,7 +144,7 @@ func waitFor(t *testing.T, what string, cond func() string) {
 
 // waitForCluster waits until every running node knows the same leader and
 // all of them as servers, and every node is ready.
-func waitForCluster(t *testing.T, nodes []*testNode) string {
+func waitForCluster(t testing.TB, nodes []*testNode) string {
 	t.Helper()
 	var leader string
 	waitFor(t, "a cluster with one leader", func() string {
@@ -184,7 +184,7 @@ func running(nodes []*testNode) int {
 	return count
 }
 
-func nodeByID(t *testing.T, nodes []*testNode, id string) *testNode {
+func nodeByID(t testing.TB, nodes []*testNode, id string) *testNode {
 	t.Helper()
 	for _, n := range nodes {
 		if n.id() == id {
@@ -197,7 +197,7 @@ func nodeByID(t *testing.T, nodes []*testNode, id string) *testNode {
 
 // request sends a JSON request to a node's API and returns the status and
 // the body.
-func request(t *testing.T, method, addr, path string, body any) (int, []byte) {
+func request(t testing.TB, method, addr, path string, body any) (int, []byte) {
 	t.Helper()
 	var reader io.Reader
 	if body != nil {
@@ -221,14 +221,14 @@ func request(t *testing.T, method, addr, path string, body any) (int, []byte) {
 	return resp.StatusCode, data
 }
 
-func putLimit(t *testing.T, addr, service, user string, rate float64) (int, []byte) {
+func putLimit(t testing.TB, addr, service, user string, rate float64) (int, []byte) {
 	t.Helper()
 	return request(t, http.MethodPut, addr, "/v1/limits/"+service+"/"+user,
 		map[string]any{"limit": map[string]float64{"traffic_up": rate}})
 }
 
 // waitForLimit waits until node n holds rate for service/user.
-func waitForLimit(t *testing.T, n *testNode, service, user string, rate float64) {
+func waitForLimit(t testing.TB, n *testNode, service, user string, rate float64) {
 	t.Helper()
 	waitFor(t, fmt.Sprintf("%s/%s on %s", service, user, n.id()), func() string {
 		got, ok := n.c.State().Limits(service, user)
@@ -242,7 +242,7 @@ func waitForLimit(t *testing.T, n *testNode, service, user string, rate float64)
 	})
 }
 
-func term(t *testing.T, n *testNode) uint64 {
+func term(t testing.TB, n *testNode) uint64 {
 	t.Helper()
 	stats, err := n.c.Node().Stats()
 	if err != nil {
