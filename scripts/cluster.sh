@@ -26,11 +26,16 @@ node_dir() { echo "$DATA_DIR/c$1"; }
 pid_file() { echo "$DATA_DIR/c$1.pid"; }
 log_file() { echo "$DATA_DIR/c$1.log"; }
 
+# alive PID: the process exists and is not a zombie waiting to be reaped.
+alive() {
+	local state
+	state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+	[[ $state != Z* ]]
+}
+
 running() {
-	local pid
 	[[ -f $(pid_file "$1") ]] || return 1
-	pid=$(cat "$(pid_file "$1")")
-	kill -0 "$pid" 2>/dev/null
+	alive "$(cat "$(pid_file "$1")")"
 }
 
 # start_node N: starts central N in the background; node 1 bootstraps, the
@@ -58,6 +63,13 @@ start_node() {
 wait_for_cluster() {
 	local deadline=$((SECONDS + WAIT_SECONDS)) n leaders status
 	while ((SECONDS < deadline)); do
+		for n in $(seq 1 $NODES); do
+			if ! running "$n"; then
+				echo "c$n exited during start-up; the end of $(log_file "$n"):" >&2
+				tail -n 20 "$(log_file "$n")" >&2
+				return 1
+			fi
+		done
 		leaders=()
 		for n in $(seq 1 $NODES); do
 			status=$(curl -sf "http://$(http_addr "$n")/v1/cluster" 2>/dev/null) || continue
@@ -88,12 +100,12 @@ down() {
 	for n in $(seq 1 $NODES); do
 		running "$n" || { rm -f "$(pid_file "$n")"; continue; }
 		pid=$(cat "$(pid_file "$n")")
-		kill -TERM "$pid"
+		kill -TERM "$pid" 2>/dev/null || true
 		deadline=$((SECONDS + 10))
-		while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-		if kill -0 "$pid" 2>/dev/null; then
+		while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+		if alive "$pid"; then
 			echo "c$n (PID $pid) did not stop in 10 s; sending SIGKILL"
-			kill -KILL "$pid"
+			kill -KILL "$pid" 2>/dev/null || true
 		fi
 		rm -f "$(pid_file "$n")"
 		echo "stopped c$n (PID $pid)"
@@ -109,7 +121,13 @@ status() {
 			echo "c$n stopped"
 		fi
 	done
-	curl -sf "http://$(http_addr 1)/v1/cluster" && echo || echo "c1 does not answer on $(http_addr 1)"
+	for n in $(seq 1 $NODES); do
+		if curl -sf "http://$(http_addr "$n")/v1/cluster"; then
+			echo
+			return 0
+		fi
+	done
+	echo "no central answers on $(http_addr 1) to $(http_addr $NODES)"
 }
 
 foreground() {
