@@ -14,11 +14,17 @@ import (
 // when it first saw a leader. A restarted node therefore reports not ready
 // until it has replayed its own log and caught up to that point.
 type readiness struct {
-	node *raftnode.Node
+	node raftView
 
 	mu     sync.Mutex
 	target uint64
 	armed  bool
+}
+
+// raftView is what readiness reads of the Raft node.
+type raftView interface {
+	Leader() (id, addr string)
+	Stats() (raftnode.Stats, error)
 }
 
 func (r *readiness) check() (bool, string) {

@@ -1,0 +1,60 @@
+package central
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/throttlecentral/throttle-central/raftnode"
+)
+
+type fakeRaft struct {
+	leader string
+	stats  raftnode.Stats
+}
+
+func (f *fakeRaft) Leader() (string, string) { return f.leader, "" }
+func (f *fakeRaft) Stats() (raftnode.Stats, error) {
+	return f.stats, nil
+}
+
+func TestReadinessWaitsForReplay(t *testing.T) {
+	node := &fakeRaft{stats: raftnode.Stats{State: raft.Follower, LastContact: raftnode.NoContact}}
+	r := &readiness{node: node}
+
+	steps := []struct {
+		name   string
+		change func()
+		ready  bool
+		reason string
+	}{
+		{"no leader", func() {}, false, "no leader"},
+		{"leader without contact", func() { node.leader = "c1" }, false, "has not contacted"},
+		{"behind its own log", func() {
+			node.stats.LastContact = 0
+			node.stats.CommitIndex, node.stats.LastLogIndex, node.stats.AppliedIndex = 40, 50, 10
+		}, false, "applied index 10 is behind index 50"},
+		{"still behind", func() { node.stats.AppliedIndex = 49 }, false, "behind index 50"},
+		{"caught up", func() { node.stats.AppliedIndex = 50 }, true, ""},
+		{"later entries do not move the target", func() { node.stats.LastLogIndex = 90 }, true, ""},
+	}
+	for _, step := range steps {
+		step.change()
+		ready, reason := r.check()
+		if ready != step.ready {
+			t.Errorf("%s: ready %v (%s), want %v", step.name, ready, reason, step.ready)
+		}
+		if !strings.Contains(reason, step.reason) {
+			t.Errorf("%s: reason %q, want it to contain %q", step.name, reason, step.reason)
+		}
+	}
+}
+
+func TestReadinessOnLeaderNeedsNoContact(t *testing.T) {
+	node := &fakeRaft{leader: "c1", stats: raftnode.Stats{State: raft.Leader, LastContact: raftnode.NoContact, AppliedIndex: 3, CommitIndex: 3, LastLogIndex: 3}}
+	r := &readiness{node: node}
+	if ready, reason := r.check(); !ready {
+		t.Errorf("leader not ready: %s", reason)
+	}
+}
