@@ -3,12 +3,13 @@ package quota
 import (
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"sync"
 	"sync/atomic"
 )
 
-// Liveness tells the engine which edge nodes may receive quota. A nil
+// Liveness reports which edge nodes may receive quota. A nil
 // Liveness treats every node as live.
 type Liveness interface {
 	Live(nodeID string) bool
@@ -40,7 +41,7 @@ var ErrAlreadyAssigned = errors.New("slot already assigned")
 // Assign runs the assignment of slot: it refills every bucket, expires
 // grants that waited LateSlots for their report, and splits each bucket
 // among the live nodes that reported the user within Window slots, giving
-// them their quotas for slot+2. A node is live when live says so and it
+// them their quotas for slot+2. A node is live when live reports it live and it
 // sent a report for one of the last liveReportSlots slots; every edge node
 // reports once a slot even when it has nothing to count. A node that is not
 // live gets nothing, so its share goes to the others at once.
@@ -70,7 +71,7 @@ func (e *Engine) Assign(slot int64, live Liveness) (AssignResult, error) {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for w := range outputs {
-		aw := &assignWorker{engine: e, slot: slot, nodes: nodes, alive: alive, perNode: make([][]quotaEntry, len(nodes))}
+		aw := &assignWorker{engine: e, slot: slot, nodes: nodes, alive: alive, perNode: make([]entryChunks, len(nodes))}
 		outputs[w] = aw
 		wg.Add(1)
 		go func() {
@@ -86,16 +87,14 @@ func (e *Engine) Assign(slot int64, live Liveness) (AssignResult, error) {
 	}
 	wg.Wait()
 
+	lists := mergeEntries(nodes, outputs, workers)
 	result := AssignResult{Slot: target, Nodes: liveCount}
 	published := make(map[string]*nodeQuotas)
 	for i, n := range nodes {
 		if n == nil {
 			continue
 		}
-		q := &nodeQuotas{slot: target}
-		for _, aw := range outputs {
-			q.entries = append(q.entries, aw.perNode[i]...)
-		}
+		q := &nodeQuotas{slot: target, entries: lists[i]}
 		n.publish(q)
 		if len(q.entries) > 0 {
 			published[n.id] = q
@@ -113,6 +112,73 @@ func (e *Engine) Assign(slot int64, live Liveness) (AssignResult, error) {
 	return result, nil
 }
 
+// mergeEntries returns the quota entries of each node index, joining the
+// lists of all workers. Each list is allocated at its final size and filled
+// with one copy, and the nodes are divided among `workers` goroutines.
+func mergeEntries(nodes []*nodeState, outputs []*assignWorker, workers int) [][]quotaEntry {
+	lists := make([][]quotaEntry, len(nodes))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(nodes) {
+					return
+				}
+				if nodes[i] == nil {
+					continue
+				}
+				total := 0
+				for _, aw := range outputs {
+					total += aw.perNode[i].len
+				}
+				if total == 0 {
+					continue
+				}
+				entries := make([]quotaEntry, 0, total)
+				for _, aw := range outputs {
+					for _, chunk := range aw.perNode[i].chunks {
+						entries = append(entries, chunk...)
+					}
+				}
+				lists[i] = entries
+			}
+		})
+	}
+	wg.Wait()
+	return lists
+}
+
+// Sizes of the chunks in which a worker collects one node's quota entries.
+// The first chunk is small because many nodes get few entries, and each
+// next one doubles up to the maximum.
+const (
+	minEntryChunk = 16
+	maxEntryChunk = 4096
+)
+
+// entryChunks is a list of quota entries kept in chunks, so it grows without
+// copying what it already holds, as append would on every reallocation.
+type entryChunks struct {
+	chunks [][]quotaEntry
+	len    int
+}
+
+func (c *entryChunks) add(entry quotaEntry) {
+	last := len(c.chunks) - 1
+	if last < 0 || len(c.chunks[last]) == cap(c.chunks[last]) {
+		size := minEntryChunk
+		if last >= 0 {
+			size = min(2*cap(c.chunks[last]), maxEntryChunk)
+		}
+		c.chunks = append(c.chunks, make([]quotaEntry, 0, size))
+		last++
+	}
+	c.chunks[last] = append(c.chunks[last], entry)
+	c.len++
+}
+
 // assignWorker splits the buckets of the shards it takes and collects the
 // quota entries per node index.
 type assignWorker struct {
@@ -120,24 +186,36 @@ type assignWorker struct {
 	slot    int64
 	nodes   []*nodeState
 	alive   []bool
-	perNode [][]quotaEntry
+	perNode []entryChunks
 	users   int
 	buckets int
 
 	cands   []candidate
 	members []*userNode
 	split   []float64
-	arena   []float64
+	// amountArena and shareArena are separate because the monitor history
+	// keeps the amounts of HistorySlots slots, while shares are needed only
+	// until their grant is settled or expires.
+	amountArena floatArena
+	shareArena  floatArena
+	// amountRows and shareRows hold, per member of the current user, the
+	// slices cut from the arenas for its amounts and shares.
+	amountRows [][]float64
+	shareRows  [][]float64
 }
 
-// alloc returns a zeroed slice of n float64 cut from a shared block, so an
-// assignment does not allocate once per (user, node).
-func (w *assignWorker) alloc(n int) []float64 {
-	if len(w.arena) < n {
-		w.arena = make([]float64, max(4096, n))
+// floatArena cuts float64 slices from shared blocks, so an assignment does
+// not allocate once per (user, node). A block stays in memory while any
+// slice cut from it is referenced.
+type floatArena []float64
+
+// alloc returns a zeroed slice of n float64.
+func (a *floatArena) alloc(n int) []float64 {
+	if len(*a) < n {
+		*a = make([]float64, max(4096, n))
 	}
-	s := w.arena[:n:n]
-	w.arena = w.arena[n:]
+	s := (*a)[:n:n]
+	*a = (*a)[n:]
 	return s
 }
 
@@ -203,12 +281,15 @@ func (w *assignWorker) assignUser(u *userState) bool {
 	}
 
 	limited := len(u.limitedIdx)
-	amounts := make([][]float64, n)
-	shares := make([][]float64, n)
+	if cap(w.amountRows) < n {
+		w.amountRows = make([][]float64, n)
+		w.shareRows = make([][]float64, n)
+	}
+	amounts, shares := w.amountRows[:n], w.shareRows[:n]
 	for m := range w.members {
-		amounts[m] = w.alloc(limited)
+		amounts[m] = w.amountArena.alloc(limited)
 		if e.mode == ModeReserve {
-			shares[m] = w.alloc(limited)
+			shares[m] = w.shareArena.alloc(limited)
 		}
 	}
 	if cap(w.split) < n {
@@ -251,8 +332,9 @@ func (w *assignWorker) assignUser(u *userState) bool {
 	for m, un := range w.members {
 		if e.mode == ModeReserve {
 			un.grants[target%quotaRing] = grant{slot: target, idx: u.limitedIdx, amounts: amounts[m], shares: shares[m]}
+			un.grantsFrom = min(un.grantsFrom, target)
 		}
-		w.perNode[un.node.idx] = append(w.perNode[un.node.idx], quotaEntry{
+		w.perNode[un.node.idx].add(quotaEntry{
 			service:   u.key.service,
 			user:      u.key.user,
 			resources: u.limitedNames,
@@ -266,9 +348,17 @@ func (w *assignWorker) assignUser(u *userState) bool {
 // LateSlots slots for its report.
 func expireGrants(u *userState, slot int64) {
 	for _, un := range u.nodes {
+		if slot-LateSlots < un.grantsFrom {
+			continue
+		}
+		oldest := int64(math.MaxInt64)
 		for gi := range un.grants {
 			g := &un.grants[gi]
-			if g.amounts == nil || g.slot+LateSlots > slot {
+			if g.amounts == nil {
+				continue
+			}
+			if g.slot+LateSlots > slot {
+				oldest = min(oldest, g.slot)
 				continue
 			}
 			for j, i := range g.idx {
@@ -279,10 +369,11 @@ func expireGrants(u *userState, slot int64) {
 			}
 			g.clear()
 		}
+		un.grantsFrom = oldest
 	}
 }
 
-// pruneUser forgets nodes that have not reported the user for longer than
+// pruneUser removes nodes that have not reported the user for longer than
 // the window and hold no grant waiting for a report.
 func (e *Engine) pruneUser(u *userState, slot int64) {
 	kept := u.nodes[:0]
@@ -297,7 +388,7 @@ func (e *Engine) pruneUser(u *userState, slot int64) {
 
 // pruneNodes drops nodes that have not reported for longer than the
 // duplicate filter and the history reach back, and frees their index. No
-// user refers to them any more by then, because pruneUser forgets a node
+// user refers to them any more by then, because pruneUser removes a node
 // after Window + LateSlots slots without a report.
 func (e *Engine) pruneNodes(slot int64) {
 	horizon := slot - int64(max(duplicateSlots, e.historySlots)) - 1

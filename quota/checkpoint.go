@@ -2,8 +2,8 @@ package quota
 
 import "fmt"
 
-// Checkpoint is what a new leader needs to resume allocation: the bucket
-// levels after the assignment of Slot. It is a plain value, so it can be
+// Checkpoint is the state a new leader needs to resume allocation: the
+// bucket levels after the assignment of Slot. It is a plain value, so it can be
 // encoded and replicated. Buckets at full capacity are left out to keep it
 // small; Restore treats a missing bucket as full when its limit is older
 // than the checkpoint.
@@ -57,7 +57,7 @@ func (e *Engine) Checkpoint() Checkpoint {
 // limit is newer.
 //
 // The refill of the slots between the checkpoint and slot is skipped, and
-// consumption of slots before slot+2 is not billed: the old leader had
+// consumption of slots before slot+2 is not billed. The old leader had
 // already granted those tokens as quota, and the edge fallback covered the
 // slots it did not reach. The first assignment refills one slot, so the
 // quotas of slot+2 continue at the rate instead of starting empty. Grants

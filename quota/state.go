@@ -218,6 +218,10 @@ type userNode struct {
 	// observation, not the latest one, so feedback delay does not wind up.
 	observedShare []float64
 	grants        [quotaRing]grant
+	// grantsFrom is at most the slot of every open grant, so expireGrants
+	// can skip the ring while no grant is old enough to expire. Settling a
+	// grant leaves it unchanged, which keeps it a lower bound.
+	grantsFrom int64
 }
 
 // grant is what one node was granted of one user for one slot (reserve
