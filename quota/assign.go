@@ -395,7 +395,7 @@ func (e *Engine) pruneNodes(slot int64) {
 	e.nodesMu.Lock()
 	defer e.nodesMu.Unlock()
 	for id, n := range e.nodes {
-		if n.newestSlot() < horizon {
+		if n.prune(horizon) {
 			delete(e.nodes, id)
 			e.nodeByIdx[n.idx] = nil
 			e.freeIdx = append(e.freeIdx, n.idx)

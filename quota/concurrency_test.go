@@ -511,12 +511,6 @@ func testConcurrentDuplicateReportCountedOnce(t *testing.T, mode Mode) {
 // while assignments run, then sends each report again, which must be
 // skipped as a duplicate.
 func TestNodeFirstReportDuringAssign(t *testing.T) {
-	// TODO: pruneNodes in Assign drops a node that a report has registered
-	// but not yet marked (its newest slot is still 0). The report then lands
-	// on a node state outside the registry, and a retry of it is applied a
-	// second time. Without the skip this test fails in most runs under -race.
-	t.Skip("known race: Assign can prune a node whose first report is still being ingested")
-
 	const (
 		nodes     = 200
 		rounds    = 20

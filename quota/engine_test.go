@@ -355,3 +355,14 @@ func TestRestoreRejectsOldSlot(t *testing.T) {
 		t.Errorf("Restore at the checkpoint slot: %v, want ErrInvalid", err)
 	}
 }
+
+func TestValidNameAgreesWithValidateName(t *testing.T) {
+	names := []string{"", "a", "front", "a/b", " a", "a ", "\x00", "a\x7f", "\xff", "ü", "a b",
+		strings.Repeat("x", MaxNameLength), strings.Repeat("x", MaxNameLength+1), "\u00a0a"}
+	for _, name := range names {
+		want := ValidateName("f", name) == nil
+		if got := validName(name); got != want {
+			t.Errorf("validName(%q) = %v, ValidateName accepts it: %v", name, got, want)
+		}
+	}
+}

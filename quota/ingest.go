@@ -35,20 +35,21 @@ func ValidateReport(r *protocol.Report) error {
 		counts protocol.Counts
 	}{{"consumption", r.Consumption}, {"rejection", r.Rejection}} {
 		for service, users := range part.counts {
-			if err := ValidateName(part.field, service); err != nil {
-				return err
+			if !validName(service) {
+				return ValidateName(part.field, service)
 			}
 			for user, resources := range users {
-				if err := ValidateName(part.field+"."+service, user); err != nil {
-					return err
+				if !validName(user) {
+					return ValidateName(part.field+"."+service, user)
 				}
 				for resource, amount := range resources {
-					path := part.field + "." + service + "." + user
-					if err := ValidateName(path, resource); err != nil {
-						return err
+					// Field paths are built only for an error, because a
+					// report names thousands of users.
+					if !validName(resource) {
+						return ValidateName(part.field+"."+service+"."+user, resource)
 					}
-					if err := checkAmount(path+"."+resource, amount); err != nil {
-						return err
+					if !validAmount(amount) {
+						return checkAmount(part.field+"."+service+"."+user+"."+resource, amount)
 					}
 				}
 			}
@@ -70,8 +71,8 @@ func (e *Engine) Ingest(r *protocol.Report) (IngestResult, error) {
 		return IngestResult{}, err
 	}
 	slot := r.Slot - 1
-	n := e.node(r.NodeID)
-	if !n.markApplied(slot) {
+	n, fresh := e.markApplied(r.NodeID, slot)
+	if !fresh {
 		return IngestResult{Duplicate: true}, nil
 	}
 	lastAssigned := e.lastAssigned.Load()
@@ -202,4 +203,16 @@ func (e *Engine) billable(r *resourceState, slot, lastAssigned int64) bool {
 		return false
 	}
 	return true
+}
+
+// markApplied finds or registers the node and records that it applied the
+// counts of slot, retrying when an assignment pruned the node in between.
+func (e *Engine) markApplied(id string, slot int64) (*nodeState, bool) {
+	for {
+		n := e.node(id)
+		fresh, removed := n.markApplied(slot)
+		if !removed {
+			return n, fresh
+		}
+	}
 }

@@ -90,3 +90,22 @@ func ValidateName(field, name string) error {
 	}
 	return nil
 }
+
+// validName reports whether ValidateName accepts name, without building an
+// error.
+func validName(name string) bool {
+	if name == "" || len(name) > MaxNameLength || name[0] == ' ' || name[len(name)-1] == ' ' {
+		return false
+	}
+	for _, r := range name {
+		if r == '/' || r < 0x20 || r == 0x7f || r == '\uFFFD' {
+			return false
+		}
+	}
+	return strings.TrimSpace(name) == name
+}
+
+// validAmount reports whether checkAmount accepts v.
+func validAmount(v float64) bool {
+	return v >= 0 && v <= MaxAmount
+}

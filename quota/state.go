@@ -287,14 +287,25 @@ type nodeState struct {
 	// bit i set when slot newest-i was applied.
 	newest  int64
 	applied uint64
+	// removed is set when pruneNodes drops the node from the registry.
+	removed bool
 	quotas  [quotaRing]*nodeQuotas
 }
 
 // markApplied records that the counts of slot were applied and reports
-// whether they had been already, or are too old to tell.
-func (n *nodeState) markApplied(slot int64) (fresh bool) {
+// whether they had been already, or are too old to tell. It reports removed
+// when pruneNodes dropped the node from the registry first; the caller then
+// registers the node anew.
+func (n *nodeState) markApplied(slot int64) (fresh, removed bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.removed {
+		return false, true
+	}
+	return n.markAppliedLocked(slot), false
+}
+
+func (n *nodeState) markAppliedLocked(slot int64) bool {
 	switch {
 	case n.newest == 0 || slot >= n.newest+duplicateSlots:
 		n.newest = slot
@@ -349,4 +360,18 @@ func (n *nodeState) newestSlot() int64 {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.newest
+}
+
+// prune marks the node removed when its newest report is older than
+// horizon. A node registered by a report that has not marked its slot yet
+// (newest 0) is kept, and a report that finds the node removed registers it
+// again, so no report lands on a node outside the registry.
+func (n *nodeState) prune(horizon int64) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.newest == 0 || n.newest >= horizon {
+		return false
+	}
+	n.removed = true
+	return true
 }
