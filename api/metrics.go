@@ -14,6 +14,7 @@ type metrics struct {
 	duration    *prometheus.HistogramVec
 	forwarded   *prometheus.CounterVec
 	limitWrites *prometheus.CounterVec
+	reports     *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry, cluster Cluster) (*metrics, error) {
@@ -36,6 +37,10 @@ func newMetrics(reg *prometheus.Registry, cluster Cluster) (*metrics, error) {
 			Help: "Limit changes this leader replicated, by operation (put, delete) and outcome (ok, error).",
 		}, []string{"op", "outcome"}),
 	}
+	m.reports = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "throttle_reports_total",
+		Help: "Reports received, by transport (http, websocket) and outcome (ok, duplicate, forwarded, invalid, too_large, error).",
+	}, []string{"transport", "outcome"})
 	leader := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "throttle_raft_leader",
 		Help: "1 when this central is the Raft leader, else 0.",
@@ -55,7 +60,7 @@ func newMetrics(reg *prometheus.Registry, cluster Cluster) (*metrics, error) {
 		}
 		return float64(stats.Term)
 	})
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.forwarded, m.limitWrites, leader, term,
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.forwarded, m.limitWrites, m.reports, leader, term,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -65,6 +65,8 @@ type Config struct {
 	NodeID  string
 	Cluster Cluster
 	State   State
+	// Reports ingests reports on the leader; nil forwards every report.
+	Reports Reporter
 	Ready   Readiness
 	Logger  *slog.Logger
 	// Registry receives the API's metrics and is served at /metrics. Nil
@@ -145,6 +147,7 @@ func (s *Server) routes(e *echo.Echo) {
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{})))
 
 	v1 := e.Group("/v1")
+	v1.POST("/report", s.report)
 	v1.GET("/limits", s.listAllLimits)
 	v1.GET("/limits/:service", s.listServiceLimits)
 	v1.GET("/limits/:service/:user", s.getLimits)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/throttlecentral/throttle-central/api"
 	"github.com/throttlecentral/throttle-central/fsm"
+	"github.com/throttlecentral/throttle-central/quota"
 	"github.com/throttlecentral/throttle-central/raftnode"
 )
 
@@ -45,6 +46,15 @@ type Config struct {
 	// MaxJoinRetry. Zero means DefaultJoinRetry.
 	JoinRetry time.Duration
 
+	// Allocation is the allocation mode; empty means quota.DefaultMode.
+	Allocation quota.Mode
+	// HistorySlots is how many slots of monitor data the leader keeps; zero
+	// means quota.DefaultHistorySlots.
+	HistorySlots int
+	// CheckpointEvery is how often, in slots, the leader replicates bucket
+	// levels for a successor; zero means DefaultCheckpointEvery.
+	CheckpointEvery int64
+
 	// Raft holds the Raft timing; NodeID, RaftAddr, DataDir, Bootstrap,
 	// FSM and Logger are filled in from the fields above.
 	Raft raftnode.Config
@@ -66,6 +76,7 @@ type Central struct {
 	log      *slog.Logger
 	fsm      *fsm.FSM
 	node     *raftnode.Node
+	alloc    *allocator
 	api      *api.Server
 	listener net.Listener
 	httpAddr string
@@ -106,7 +117,13 @@ func Start(cfg Config) (*Central, error) {
 		}
 	}
 
-	state := fsm.New(fsm.Options{Logger: cfg.Logger})
+	alloc := newAllocator(cfg.Logger, quota.Config{Mode: cfg.Allocation, HistorySlots: cfg.HistorySlots}, cfg.CheckpointEvery)
+	if _, err := quota.New(alloc.config); err != nil {
+		listener.Close()
+		return nil, err
+	}
+	state := fsm.New(fsm.Options{Logger: cfg.Logger, Listener: alloc})
+	alloc.state = state
 	raftCfg := cfg.Raft
 	raftCfg.NodeID, raftCfg.RaftAddr, raftCfg.DataDir = cfg.NodeID, cfg.RaftAddr, cfg.DataDir
 	raftCfg.Bootstrap, raftCfg.FSM, raftCfg.Logger = cfg.Bootstrap, state, cfg.Logger
@@ -116,11 +133,13 @@ func Start(cfg Config) (*Central, error) {
 		return nil, err
 	}
 
+	alloc.node = node
 	c := &Central{
 		cfg:      cfg,
 		log:      log,
 		fsm:      state,
 		node:     node,
+		alloc:    alloc,
 		listener: listener,
 		httpAddr: httpAddr,
 		ready:    &readiness{node: node},
@@ -130,6 +149,7 @@ func Start(cfg Config) (*Central, error) {
 		NodeID:   cfg.NodeID,
 		Cluster:  node,
 		State:    state,
+		Reports:  alloc,
 		Ready:    c.ready.check,
 		Logger:   cfg.Logger,
 		Registry: cfg.Registry,
@@ -202,7 +222,8 @@ func (c *Central) followLeadership(ctx context.Context) {
 				return
 			}
 			if !leader {
-				c.log.Info("leadership lost")
+				c.alloc.stop()
+				c.log.Info("leadership lost; stopped assigning quotas")
 				continue
 			}
 			start := time.Now()
@@ -212,6 +233,9 @@ func (c *Central) followLeadership(ctx context.Context) {
 			}
 			c.log.Info("leadership gained", slog.Duration("barrier", time.Since(start)))
 			c.recordOwnAddress(ctx)
+			if err := c.alloc.start(); err != nil {
+				c.log.Error("starting the quota allocator failed", slog.Any("error", err))
+			}
 		}
 	}
 }
@@ -251,6 +275,7 @@ func (c *Central) Close(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	c.cancel()
+	c.alloc.stop()
 	if err := c.closeRaft(ctx); err != nil {
 		errs = append(errs, err)
 	}

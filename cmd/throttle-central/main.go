@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/throttlecentral/throttle-central/central"
+	"github.com/throttlecentral/throttle-central/quota"
 )
 
 func main() {
@@ -34,6 +35,8 @@ type options struct {
 	dataDir       string
 	bootstrap     bool
 	join          string
+	allocation    string
+	historySlots  int
 	logLevel      string
 	logFormat     string
 	shutdown      time.Duration
@@ -50,6 +53,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	flags.StringVar(&o.dataDir, "data-dir", "", "directory for the Raft log, stable store and snapshots (required; created if missing)")
 	flags.BoolVar(&o.bootstrap, "bootstrap", false, "create a one-server cluster when the data directory is empty; harmless on restart")
 	flags.StringVar(&o.join, "join", "", "comma-separated HTTP host:port addresses of cluster members to ask for membership, retried with backoff")
+	flags.StringVar(&o.allocation, "allocation", string(quota.DefaultMode), "how the leader splits each user's bucket among edge nodes: reserve (grants set aside and settled, close to the limit every second) or classic (the original central's rule)")
+	flags.IntVar(&o.historySlots, "history-slots", quota.DefaultHistorySlots, "how many seconds of reports and quotas the leader keeps for the monitor API; memory grows with it")
 	flags.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	flags.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	flags.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before the process exits anyway")
@@ -74,6 +79,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("--data-dir is required")
 	case o.shutdown <= 0:
 		return o, fmt.Errorf("--shutdown-timeout %v must be positive", o.shutdown)
+	case o.historySlots < 1:
+		return o, fmt.Errorf("--history-slots %d must be at least 1", o.historySlots)
+	}
+	if _, err := quota.ParseMode(o.allocation); err != nil {
+		return o, fmt.Errorf("--allocation: %w", err)
 	}
 	return o, nil
 }
@@ -149,6 +159,8 @@ func run(args []string, stderr io.Writer) int {
 		DataDir:       o.dataDir,
 		Bootstrap:     o.bootstrap,
 		Join:          splitList(o.join),
+		Allocation:    quota.Mode(o.allocation),
+		HistorySlots:  o.historySlots,
 		Logger:        logger,
 	})
 	if err != nil {

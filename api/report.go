@@ -1,0 +1,206 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/throttlecentral/throttle-central/protocol"
+	"github.com/throttlecentral/throttle-central/quota"
+	"github.com/throttlecentral/throttle-central/raftnode"
+)
+
+// Reporter ingests reports on the leader and returns the node's quotas.
+// It returns an error matching raftnode.ErrNotLeader when this central
+// does not assign quotas, and the API forwards the report to the leader.
+type Reporter interface {
+	Report(r *protocol.Report) (ReportReply, error)
+}
+
+// ReportReply is the answer to one report.
+type ReportReply struct {
+	// NodeSlot is the slot the quotas are for, in the node's numbering:
+	// the report's slot_number + 1.
+	NodeSlot int64
+	// CentralSlot is the same slot in the central's numbering.
+	CentralSlot int64
+	// Offset is CentralSlot - NodeSlot: the node's clock error in whole
+	// seconds.
+	Offset int64
+	// Duplicate is true when the report had been counted before.
+	Duplicate bool
+	// Quotas holds every service the report named, possibly empty.
+	Quotas map[string]protocol.Quotas
+}
+
+// ReportVersion2 is the report version of clients that understand the
+// extended reply.
+const ReportVersion2 = 2
+
+// wireReport is a report as it arrives, with the counts kept raw so an
+// invalid number can be named by its field path.
+type wireReport struct {
+	Version     *json.RawMessage                                 `json:"version"`
+	NodeID      *string                                          `json:"node_id"`
+	Slot        *json.RawMessage                                 `json:"slot_number"`
+	Consumption map[string]map[string]map[string]json.RawMessage `json:"consumption"`
+	Rejection   map[string]map[string]map[string]json.RawMessage `json:"rejection"`
+}
+
+// DecodeReport parses and validates one report. Errors wrap quota.ErrInvalid
+// and name the field, for example consumption.front.alice.traffic_up.
+// Numbers are read as float64, because the Lua client writes large counts
+// in exponent form.
+func DecodeReport(body []byte) (*protocol.Report, error) {
+	var w wireReport
+	if err := decodeJSON(body, &w); err != nil {
+		return nil, err
+	}
+	if w.NodeID == nil {
+		return nil, fmt.Errorf("%w: node_id is missing", quota.ErrInvalid)
+	}
+	if w.Slot == nil {
+		return nil, fmt.Errorf("%w: slot_number is missing", quota.ErrInvalid)
+	}
+	r := &protocol.Report{NodeID: *w.NodeID}
+	slot, err := parseInteger("slot_number", *w.Slot)
+	if err != nil {
+		return nil, err
+	}
+	r.Slot = slot
+	if w.Version != nil {
+		version, err := parseInteger("version", *w.Version)
+		if err != nil {
+			return nil, err
+		}
+		if version != 0 && version != ReportVersion2 {
+			return nil, fmt.Errorf("%w: version is %d; this central speaks versions 0 and %d", quota.ErrInvalid, version, ReportVersion2)
+		}
+		r.Version = int(version)
+	}
+	if r.Consumption, err = parseCounts("consumption", w.Consumption); err != nil {
+		return nil, err
+	}
+	if r.Rejection, err = parseCounts("rejection", w.Rejection); err != nil {
+		return nil, err
+	}
+	if err := quota.ValidateReport(r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func parseCounts(field string, raw map[string]map[string]map[string]json.RawMessage) (protocol.Counts, error) {
+	counts := make(protocol.Counts, len(raw))
+	for service, users := range raw {
+		byUser := make(map[string]map[string]float64, len(users))
+		for user, resources := range users {
+			byResource := make(map[string]float64, len(resources))
+			for resource, value := range resources {
+				amount, err := parseAmount(field+"."+service+"."+user+"."+resource, value)
+				if err != nil {
+					return nil, err
+				}
+				byResource[resource] = amount
+			}
+			byUser[user] = byResource
+		}
+		counts[service] = byUser
+	}
+	return counts, nil
+}
+
+// parseInteger reads a JSON number that must be a whole number, also in
+// exponent form such as 1.796411856e+09.
+func parseInteger(field string, raw json.RawMessage) (int64, error) {
+	text := bytes.TrimSpace(raw)
+	v, err := strconv.ParseFloat(string(text), 64)
+	if err != nil || len(text) == 0 || text[0] == '"' {
+		return 0, fmt.Errorf("%w: %s is %s; it must be a number", quota.ErrInvalid, field, text)
+	}
+	if v != math.Trunc(v) || math.Abs(v) > quota.MaxAmount {
+		return 0, fmt.Errorf("%w: %s is %s; it must be a whole number", quota.ErrInvalid, field, text)
+	}
+	return int64(v), nil
+}
+
+// report handles POST /v1/report.
+func (s *Server) report(c echo.Context) error {
+	body, err := readBody(c)
+	if err != nil {
+		s.metrics.reports.WithLabelValues("http", outcomeOf(err)).Inc()
+		return err
+	}
+	r, err := DecodeReport(body)
+	if err != nil {
+		s.metrics.reports.WithLabelValues("http", "invalid").Inc()
+		return err
+	}
+	if s.cfg.Reports == nil || !s.cfg.Cluster.IsLeader() {
+		s.metrics.reports.WithLabelValues("http", "forwarded").Inc()
+		return s.forward(c, body)
+	}
+	reply, err := s.cfg.Reports.Report(r)
+	if errors.Is(err, raftnode.ErrNotLeader) {
+		s.metrics.reports.WithLabelValues("http", "forwarded").Inc()
+		return s.forward(c, body)
+	}
+	if err != nil {
+		s.metrics.reports.WithLabelValues("http", outcomeOf(err)).Inc()
+		return err
+	}
+	outcome := "ok"
+	if reply.Duplicate {
+		outcome = "duplicate"
+	}
+	s.metrics.reports.WithLabelValues("http", outcome).Inc()
+	return c.JSONBlob(http.StatusOK, EncodeReply(r, reply, s.cfg.NodeID))
+}
+
+func outcomeOf(err error) string {
+	switch toError(err).Status {
+	case http.StatusBadRequest:
+		return "invalid"
+	case http.StatusRequestEntityTooLarge:
+		return "too_large"
+	}
+	return "error"
+}
+
+// EncodeReply encodes the answer to r. A report without a version gets
+// exactly {"<service>": {"<slot>": {"<user>": {"<resource>": quota}}}}, the
+// only shape the Lua client accepts: no other top-level key, and one slot
+// key per service. A version 2 report gets the quotas with the central's
+// slot, the clock offset and the leader's ID.
+func EncodeReply(r *protocol.Report, reply ReportReply, leader string) []byte {
+	slot := strconv.FormatInt(reply.NodeSlot, 10)
+	byService := make(map[string]map[string]protocol.Quotas, len(reply.Quotas))
+	for service, quotas := range reply.Quotas {
+		byService[service] = map[string]protocol.Quotas{slot: quotas}
+	}
+	var out any = byService
+	if r.Version == ReportVersion2 {
+		out = struct {
+			Version     int                                   `json:"version"`
+			Slot        int64                                 `json:"slot"`
+			CentralSlot int64                                 `json:"central_slot"`
+			Offset      int64                                 `json:"offset"`
+			Leader      string                                `json:"leader"`
+			Duplicate   bool                                  `json:"duplicate,omitempty"`
+			Quotas      map[string]map[string]protocol.Quotas `json:"quotas"`
+		}{ReportVersion2, reply.NodeSlot, reply.CentralSlot, reply.Offset, leader, reply.Duplicate, byService}
+	}
+	data, err := json.Marshal(out)
+	if err != nil {
+		// Quotas are finite floats and names are strings, so this cannot
+		// fail; an empty reply keeps the Lua client's old quotas.
+		return []byte("{}")
+	}
+	return data
+}

@@ -1,0 +1,165 @@
+package central
+
+import (
+	"bufio"
+	"encoding/json"
+	"math"
+	"net/http"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/throttlecentral/throttle-central/protocol"
+)
+
+// postReport sends a report to a central and decodes the version 0 reply.
+func postReport(t testing.TB, addr string, r protocol.Report) (int, map[string]map[string]protocol.Quotas) {
+	t.Helper()
+	status, body := request(t, http.MethodPost, addr, "/v1/report", r)
+	if status != http.StatusOK {
+		return status, nil
+	}
+	var reply map[string]map[string]protocol.Quotas
+	if err := json.Unmarshal(body, &reply); err != nil {
+		t.Fatalf("reply %s is not the Lua shape: %v", body, err)
+	}
+	return status, reply
+}
+
+// waitForSlotStart waits until the next second begins plus offset.
+func waitForSlotStart(offset time.Duration) int64 {
+	now := time.Now()
+	next := now.Truncate(time.Second).Add(time.Second)
+	time.Sleep(next.Add(offset).Sub(now))
+	return next.Unix()
+}
+
+func TestReportsGetQuotasAcrossFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for about 15 s of real slots")
+	}
+	nodes := startCluster(t, 3)
+	leader := nodeByID(t, nodes, waitForCluster(t, nodes))
+	const rate = 3000.0
+	if status, body := putLimit(t, leader.c.HTTPAddr(), "front", "alice", rate); status != http.StatusOK {
+		t.Fatalf("PUT: %d %s", status, body)
+	}
+
+	edges := []string{"edge-1", "edge-2", "edge-3"}
+	// Each edge reports to a different central, followers included, and
+	// asks for more than its share, so the bucket is split every slot.
+	send := func(slot int64, targets []*testNode) map[string]float64 {
+		held := map[string]float64{}
+		for i, edge := range edges {
+			target := targets[i%len(targets)]
+			r := protocol.Report{NodeID: edge, Slot: slot,
+				Consumption: protocol.Counts{"front": {"alice": {"traffic_up": 1000}}},
+				Rejection:   protocol.Counts{"front": {"alice": {"traffic_up": 3}}}}
+			status, reply := postReport(t, target.c.HTTPAddr(), r)
+			if status != http.StatusOK {
+				continue
+			}
+			if len(reply) != 1 || len(reply["front"]) > 1 {
+				t.Errorf("slot %d: reply %v has keys other than front/<slot>", slot, reply)
+			}
+			if q, ok := reply["front"][strconv.FormatInt(slot+1, 10)]["alice"]["traffic_up"]; ok {
+				held[edge] = q
+			}
+		}
+		return held
+	}
+
+	firstQuotaSlot := int64(0)
+	for range 8 {
+		slot := waitForSlotStart(50 * time.Millisecond)
+		held := send(slot, nodes)
+		total := 0.0
+		for _, q := range held {
+			total += q
+		}
+		if total > rate*10+1e-6 {
+			t.Errorf("slot %d: quotas add up to %v, more than the bucket's capacity %v", slot+1, total, rate*10)
+		}
+		if len(held) == len(edges) && firstQuotaSlot == 0 {
+			firstQuotaSlot = slot + 1
+		}
+	}
+	if firstQuotaSlot == 0 {
+		t.Fatalf("no slot in which every edge held a quota")
+	}
+
+	leader.kill(t)
+	survivors := []*testNode{}
+	for _, n := range nodes {
+		if n.c != nil {
+			survivors = append(survivors, n)
+		}
+	}
+	killedAt := time.Now().Unix()
+	resumed := int64(0)
+	for range 10 {
+		slot := waitForSlotStart(50 * time.Millisecond)
+		held := send(slot, survivors)
+		if len(held) == len(edges) {
+			total := 0.0
+			for _, q := range held {
+				total += q
+			}
+			if total > rate*1.05*1.5 {
+				t.Errorf("slot %d after failover: quotas add up to %v, a jump above the rate %v", slot+1, total, rate)
+			}
+			resumed = slot + 1
+			break
+		}
+	}
+	if resumed == 0 {
+		t.Fatalf("quotas did not resume within 10 slots of the leader kill")
+	}
+	t.Logf("leader killed in slot %d, quotas from the new leader for slot %d", killedAt, resumed)
+}
+
+func TestLuaReportFixturesAccepted(t *testing.T) {
+	nodes := startCluster(t, 1)
+	addr := nodes[0].c.HTTPAddr()
+	f, err := os.Open("../../shared/fixtures/lua-resty-throttle/reports.jsonl")
+	if err != nil {
+		t.Skipf("fixtures not available: %v", err)
+	}
+	defer f.Close()
+	scanner := bufio.NewScanner(f)
+	count := 0
+	for scanner.Scan() {
+		count++
+		status, body := request(t, http.MethodPost, addr, "/v1/report", json.RawMessage(scanner.Bytes()))
+		if status != http.StatusOK {
+			t.Errorf("fixture line %d: status %d, body %s", count, status, body)
+			continue
+		}
+		var reply map[string]map[string]map[string]map[string]float64
+		if err := json.Unmarshal(body, &reply); err != nil {
+			t.Errorf("fixture line %d: reply %s: %v", count, body, err)
+			continue
+		}
+		for service, slots := range reply {
+			if service != "front" {
+				t.Errorf("fixture line %d: reply names service %q the report did not", count, service)
+			}
+			for slot, users := range slots {
+				if _, err := strconv.ParseInt(slot, 10, 64); err != nil {
+					t.Errorf("fixture line %d: key %q inside the service is not a slot number", count, slot)
+				}
+				for _, resources := range users {
+					for _, q := range resources {
+						if math.IsNaN(q) || q < 0 {
+							t.Errorf("fixture line %d: quota %v", count, q)
+						}
+					}
+				}
+			}
+		}
+	}
+	if count != 28 {
+		t.Errorf("replayed %d fixture reports, want 28", count)
+	}
+}
