@@ -17,6 +17,7 @@ import (
 const (
 	CodeInvalid       = "invalid"
 	CodeNotFound      = "not_found"
+	CodeForbidden     = "forbidden"
 	CodeConflict      = "conflict"
 	CodeTooLarge      = "body_too_large"
 	CodeNoLeader      = "no_leader"

@@ -44,7 +44,7 @@ func (s *Server) forward(c echo.Context, body []byte) error {
 		return newError(http.StatusServiceUnavailable, CodeNoLeader, "no leader is known; retry after an election")
 	}
 
-	target := "http://" + addr + req.URL.RequestURI()
+	target := s.leaderURL(addr, req.URL.RequestURI())
 	out, err := http.NewRequestWithContext(req.Context(), req.Method, target, bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("building the request to the leader: %w", err)
@@ -78,4 +78,14 @@ func (s *Server) forward(c echo.Context, body []byte) error {
 		s.log.Warn("relaying the leader's answer failed", slog.String("leader", addr), slog.Any("error", err))
 	}
 	return nil
+}
+
+// leaderURL returns the URL of path on the central at addr, with https when
+// the centrals serve TLS.
+func (s *Server) leaderURL(addr, path string) string {
+	scheme := "http"
+	if s.cfg.PeerTLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + addr + path
 }

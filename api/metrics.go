@@ -10,11 +10,14 @@ import (
 )
 
 type metrics struct {
-	requests    *prometheus.CounterVec
-	duration    *prometheus.HistogramVec
-	forwarded   *prometheus.CounterVec
-	limitWrites *prometheus.CounterVec
-	reports     *prometheus.CounterVec
+	requests      *prometheus.CounterVec
+	duration      *prometheus.HistogramVec
+	forwarded     *prometheus.CounterVec
+	limitWrites   *prometheus.CounterVec
+	reports       *prometheus.CounterVec
+	reportSeconds *prometheus.HistogramVec
+	connections   prometheus.Gauge
+	replyOverflow prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, cluster Cluster) (*metrics, error) {
@@ -41,6 +44,19 @@ func newMetrics(reg *prometheus.Registry, cluster Cluster) (*metrics, error) {
 		Name: "throttle_reports_total",
 		Help: "Reports received, by transport (http, websocket) and outcome (ok, duplicate, forwarded, invalid, too_large, error).",
 	}, []string{"transport", "outcome"})
+	m.reportSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "throttle_report_duration_seconds",
+		Help:    "Time to answer one report, forwarding included, by transport, in seconds. The Lua client gives up after 0.2 s.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .2, .5, 1},
+	}, []string{"transport"})
+	m.connections = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "throttle_websocket_connections",
+		Help: "Open report WebSockets.",
+	})
+	m.replyOverflow = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "throttle_reply_overflow_total",
+		Help: "Replies too large for one 64 KiB WebSocket frame, sent without the users with the largest quotas.",
+	})
 	leader := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "throttle_raft_leader",
 		Help: "1 when this central is the Raft leader, else 0.",
@@ -60,7 +76,7 @@ func newMetrics(reg *prometheus.Registry, cluster Cluster) (*metrics, error) {
 		}
 		return float64(stats.Term)
 	})
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.forwarded, m.limitWrites, m.reports, leader, term,
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.forwarded, m.limitWrites, m.reports, m.reportSeconds, m.connections, m.replyOverflow, leader, term,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

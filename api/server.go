@@ -11,6 +11,7 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -67,6 +68,13 @@ type Config struct {
 	State   State
 	// Reports ingests reports on the leader; nil forwards every report.
 	Reports Reporter
+	// Monitor serves monitor data on the leader; nil forwards every query.
+	Monitor Monitor
+	// HandshakeAuth, when set, checks every WebSocket handshake.
+	HandshakeAuth HandshakeAuth
+	// PeerTLS, when set, makes forwarding to the leader use https with
+	// this client configuration; the centrals then serve TLS too.
+	PeerTLS *tls.Config
 	Ready   Readiness
 	Logger  *slog.Logger
 	// Registry receives the API's metrics and is served at /metrics. Nil
@@ -115,10 +123,14 @@ func New(cfg Config) (*Server, error) {
 		cfg.Ready = func() (bool, string) { return true, "" }
 	}
 	s := &Server{
-		cfg:    cfg,
-		log:    cfg.Logger.With(slog.String("component", "api")),
-		client: &http.Client{Timeout: cfg.ForwardTimeout},
-		now:    cfg.Now,
+		cfg: cfg,
+		log: cfg.Logger.With(slog.String("component", "api")),
+		client: &http.Client{Timeout: cfg.ForwardTimeout, Transport: &http.Transport{
+			TLSClientConfig:     cfg.PeerTLS,
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     90 * time.Second,
+		}},
+		now: cfg.Now,
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -146,8 +158,11 @@ func (s *Server) routes(e *echo.Echo) {
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{})))
 
+	e.GET("/throttle", s.throttle)
+
 	v1 := e.Group("/v1")
 	v1.POST("/report", s.report)
+	v1.GET("/monitor/:subject", s.monitor)
 	v1.GET("/limits", s.listAllLimits)
 	v1.GET("/limits/:service", s.listServiceLimits)
 	v1.GET("/limits/:service/:user", s.getLimits)

@@ -65,6 +65,9 @@ func newAllocator(log *slog.Logger, config quota.Config, checkpointEvery int64) 
 	if checkpointEvery <= 0 {
 		checkpointEvery = DefaultCheckpointEvery
 	}
+	if config.Mode == "" {
+		config.Mode = quota.DefaultMode
+	}
 	return &allocator{
 		log:             log.With(slog.String("component", "allocator")),
 		config:          config,
@@ -272,4 +275,13 @@ func (a *allocator) Report(r *protocol.Report) (api.ReportReply, error) {
 func slotOffset(now time.Time, nodeSlot int64) int64 {
 	sent := time.Unix(nodeSlot, int64(reportLead))
 	return int64(math.Round(now.Sub(sent).Seconds()))
+}
+
+// Monitor returns the running engine's monitor data.
+func (a *allocator) Monitor(q quota.MonitorQuery) (map[int64]any, error) {
+	e := a.engine.Load()
+	if e == nil {
+		return nil, errNotAllocating
+	}
+	return e.Monitor(q)
 }

@@ -6,6 +6,7 @@ package central
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -55,6 +56,12 @@ type Config struct {
 	// levels for a successor; zero means DefaultCheckpointEvery.
 	CheckpointEvery int64
 
+	// TLS secures the HTTP listener; the zero value serves plain HTTP.
+	TLS TLSConfig
+	// AccessKeys maps SigV4 access keys to secrets. When set, every
+	// WebSocket handshake must carry a valid presigned query.
+	AccessKeys map[string]string
+
 	// Raft holds the Raft timing; NodeID, RaftAddr, DataDir, Bootstrap,
 	// FSM and Logger are filled in from the fields above.
 	Raft raftnode.Config
@@ -77,6 +84,7 @@ type Central struct {
 	fsm      *fsm.FSM
 	node     *raftnode.Node
 	alloc    *allocator
+	peerTLS  *tls.Config
 	api      *api.Server
 	listener net.Listener
 	httpAddr string
@@ -103,6 +111,20 @@ func Start(cfg Config) (*Central, error) {
 	}
 	log := cfg.Logger.With(slog.String("component", "central"), slog.String("node_id", cfg.NodeID))
 	hasState := hasRaftState(cfg.DataDir)
+
+	auth, err := handshakeAuth(cfg.AccessKeys)
+	if err != nil {
+		return nil, err
+	}
+	var serverTLS, peerTLS *tls.Config
+	if cfg.TLS.enabled() {
+		if serverTLS, err = cfg.TLS.serverConfig(); err != nil {
+			return nil, err
+		}
+		if peerTLS, err = cfg.TLS.peerConfig(); err != nil {
+			return nil, err
+		}
+	}
 
 	listener, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
@@ -150,6 +172,10 @@ func Start(cfg Config) (*Central, error) {
 		Cluster:  node,
 		State:    state,
 		Reports:  alloc,
+		Monitor:  alloc,
+
+		HandshakeAuth: auth,
+		PeerTLS:       peerTLS,
 		Ready:    c.ready.check,
 		Logger:   cfg.Logger,
 		Registry: cfg.Registry,
@@ -162,10 +188,15 @@ func Start(cfg Config) (*Central, error) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
+	c.peerTLS = peerTLS
+	served := listener
+	if serverTLS != nil {
+		served = tls.NewListener(listener, serverTLS)
+	}
 	c.wg.Add(2)
 	go func() {
 		defer c.wg.Done()
-		if err := c.api.Serve(listener); err != nil {
+		if err := c.api.Serve(served); err != nil {
 			c.fail(fmt.Errorf("HTTP server on %s: %w", listener.Addr(), err))
 		}
 	}()
@@ -181,7 +212,8 @@ func Start(cfg Config) (*Central, error) {
 		}()
 	}
 	log.Info("central started", slog.String("http_addr", httpAddr), slog.String("raft_addr", node.Addr()),
-		slog.String("data_dir", cfg.DataDir), slog.Bool("bootstrap", cfg.Bootstrap), slog.Bool("has_state", hasState))
+		slog.String("data_dir", cfg.DataDir), slog.Bool("bootstrap", cfg.Bootstrap), slog.Bool("has_state", hasState),
+		slog.Bool("tls", serverTLS != nil), slog.Int("access_keys", len(cfg.AccessKeys)), slog.String("allocation", string(alloc.config.Mode)))
 	return c, nil
 }
 

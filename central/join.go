@@ -31,7 +31,7 @@ func (e *joinRefusedError) Error() string {
 // and reports a fatal error.
 func (c *Central) joinLoop(ctx context.Context, hasState bool) {
 	delay := c.cfg.JoinRetry
-	client := &http.Client{Timeout: 10 * time.Second}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: c.peerTLS}}
 	for round := 1; ; round++ {
 		for _, addr := range c.cfg.Join {
 			if addr == c.httpAddr {
@@ -73,7 +73,11 @@ func (c *Central) askToJoin(ctx context.Context, client *http.Client, addr strin
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/cluster/join", bytes.NewReader(body))
+	scheme := "http"
+	if c.peerTLS != nil {
+		scheme = "https"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, scheme+"://"+addr+"/v1/cluster/join", bytes.NewReader(body))
 	if err != nil {
 		return err
 	}

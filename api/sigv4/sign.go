@@ -35,7 +35,7 @@ const (
 // Presign returns the query parameters that presign a request for method,
 // host and path at the time at, valid for expires. The result contains
 // X-Amz-Algorithm, X-Amz-Credential, X-Amz-Date, X-Amz-Expires,
-// X-Amz-SignedHeaders and X-Amz-Signature; Verify accepts it with the same key
+// X-Amz-SignedHeaders and X-Amz-Signature. Verify accepts it with the same key
 // pair, region and service. Encode it with url.Values.Encode.
 //
 // host must be the Host header that the request will carry, including the
@@ -74,7 +74,7 @@ func canonicalRequest(method, host, path string, query url.Values) string {
 	}, "\n")
 }
 
-// canonicalURI encodes path as S3 does: once, with '/' kept.
+// canonicalURI URI-encodes path once, keeping '/'.
 func canonicalURI(path string) string {
 	if path == "" {
 		return "/"

@@ -1,8 +1,8 @@
 // Package sigv4 verifies AWS Signature Version 4 presigned query strings,
 // which lua-resty-throttle edge nodes attach to the WebSocket handshake.
 //
-// Only the presigned query form is supported: the signed headers must be
-// exactly "host" and the payload hash is UNSIGNED-PAYLOAD, which is what that
+// Only the presigned query form is supported, with "host" as the only signed
+// header and UNSIGNED-PAYLOAD as the payload hash, because that is what the
 // client sends. A Verifier is safe for concurrent use.
 package sigv4
 
@@ -25,14 +25,14 @@ const (
 	DefaultService = "s3"
 )
 
-// MaxExpires is the largest X-Amz-Expires value in seconds (7 days), the same
-// limit that AWS applies to presigned URLs.
+// MaxExpires is the largest X-Amz-Expires value that Verify accepts, in
+// seconds (7 days).
 const MaxExpires = 604800
 
 // ErrUnauthorized is wrapped by every error that Verify returns.
 var ErrUnauthorized = errors.New("sigv4: unauthorized")
 
-// Options configures a Verifier. Zero fields take the defaults above.
+// Options configures a Verifier. Zero fields take the Default* values.
 type Options struct {
 	// Now is the clock that expiry is checked against. Default time.Now.
 	Now func() time.Time

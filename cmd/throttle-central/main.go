@@ -35,6 +35,11 @@ type options struct {
 	dataDir       string
 	bootstrap     bool
 	join          string
+	tlsCert       string
+	tlsKey        string
+	tlsCA         string
+	tlsSkipVerify bool
+	accessKeys    string
 	allocation    string
 	historySlots  int
 	logLevel      string
@@ -53,6 +58,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	flags.StringVar(&o.dataDir, "data-dir", "", "directory for the Raft log, stable store and snapshots (required; created if missing)")
 	flags.BoolVar(&o.bootstrap, "bootstrap", false, "create a one-server cluster when the data directory is empty; harmless on restart")
 	flags.StringVar(&o.join, "join", "", "comma-separated HTTP host:port addresses of cluster members to ask for membership, retried with backoff")
+	flags.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate file for the HTTP listener; with --tls-key the API and the report WebSocket (wss://) use TLS")
+	flags.StringVar(&o.tlsKey, "tls-key", "", "PEM private key file for --tls-cert")
+	flags.StringVar(&o.tlsCA, "tls-ca", "", "PEM CA bundle that verifies other centrals' certificates when forwarding or joining (default: the system roots)")
+	flags.BoolVar(&o.tlsSkipVerify, "tls-skip-verify", false, "do not verify other centrals' certificates; for self-signed test set-ups only")
+	flags.StringVar(&o.accessKeys, "access-keys-file", "", "file of SigV4 key pairs, one \"ACCESS_KEY SECRET\" per line; when set, report WebSockets must be presigned with one of them")
 	flags.StringVar(&o.allocation, "allocation", string(quota.DefaultMode), "how the leader splits each user's bucket among edge nodes: reserve (grants set aside and settled, close to the limit every second) or classic (the original central's rule)")
 	flags.IntVar(&o.historySlots, "history-slots", quota.DefaultHistorySlots, "how many seconds of reports and quotas the leader keeps for the monitor API; memory grows with it")
 	flags.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -79,6 +89,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("--data-dir is required")
 	case o.shutdown <= 0:
 		return o, fmt.Errorf("--shutdown-timeout %v must be positive", o.shutdown)
+	case (o.tlsCert == "") != (o.tlsKey == ""):
+		return o, errors.New("--tls-cert and --tls-key go together; set both or neither")
 	case o.historySlots < 1:
 		return o, fmt.Errorf("--history-slots %d must be at least 1", o.historySlots)
 	}
@@ -151,6 +163,13 @@ func run(args []string, stderr io.Writer) int {
 		return 2
 	}
 
+	var keys map[string]string
+	if o.accessKeys != "" {
+		if keys, err = central.LoadAccessKeys(o.accessKeys); err != nil {
+			fmt.Fprintln(stderr, "throttle-central: --access-keys-file:", err)
+			return 2
+		}
+	}
 	c, err := central.Start(central.Config{
 		NodeID:        o.nodeID,
 		HTTPAddr:      o.httpAddr,
@@ -160,6 +179,8 @@ func run(args []string, stderr io.Writer) int {
 		Bootstrap:     o.bootstrap,
 		Join:          splitList(o.join),
 		Allocation:    quota.Mode(o.allocation),
+		TLS:           central.TLSConfig{CertFile: o.tlsCert, KeyFile: o.tlsKey, CAFile: o.tlsCA, SkipPeerVerify: o.tlsSkipVerify},
+		AccessKeys:    keys,
 		HistorySlots:  o.historySlots,
 		Logger:        logger,
 	})

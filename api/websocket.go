@@ -1,0 +1,252 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/labstack/echo/v4"
+
+	"github.com/throttlecentral/throttle-central/protocol"
+	"github.com/throttlecentral/throttle-central/quota"
+	"github.com/throttlecentral/throttle-central/raftnode"
+)
+
+// MaxFrame is the largest WebSocket message the Lua client sends or
+// accepts: one unfragmented frame of at most 65,535 bytes.
+const MaxFrame = 65535
+
+// frameTimeout bounds the handling of one frame, forwarding included. The
+// Lua client gives up after 200 ms, so anything slower is lost anyway.
+const frameTimeout = 2 * time.Second
+
+// HandshakeAuth checks the HTTP request that opens a WebSocket, for example
+// its SigV4 presigned query. A non-nil error rejects the connection with
+// 403.
+type HandshakeAuth func(r *http.Request) error
+
+// monitorFrame is a monitor request sent on the report socket.
+type monitorFrame struct {
+	Monitor   string `json:"monitor"`
+	StartSlot int64  `json:"start_slot"`
+	EndSlot   int64  `json:"end_slot"`
+	Service   string `json:"service"`
+	User      string `json:"user"`
+}
+
+// throttle handles GET /throttle: a WebSocket that carries one report per
+// text frame and answers each with exactly one unfragmented text frame. The
+// central never pings first. When no leader can answer, it closes the
+// socket, so the Lua client moves on to its next central.
+func (s *Server) throttle(c echo.Context) error {
+	req := c.Request()
+	if s.cfg.HandshakeAuth != nil {
+		if err := s.cfg.HandshakeAuth(req); err != nil {
+			s.metrics.reports.WithLabelValues("websocket", "unauthorized").Inc()
+			s.log.Warn("rejected WebSocket handshake", slog.String("remote", req.RemoteAddr), slog.Any("error", err))
+			return newError(http.StatusForbidden, CodeForbidden, err.Error())
+		}
+	}
+	conn, err := websocket.Accept(c.Response(), req, &websocket.AcceptOptions{
+		// The Lua client sends no Origin header; browsers are not clients.
+		InsecureSkipVerify: true,
+		CompressionMode:    websocket.CompressionDisabled,
+	})
+	if err != nil {
+		s.log.Debug("WebSocket upgrade failed", slog.String("remote", req.RemoteAddr), slog.Any("error", err))
+		return nil
+	}
+	conn.SetReadLimit(MaxFrame)
+	s.metrics.connections.Inc()
+	defer s.metrics.connections.Dec()
+
+	ctx := req.Context()
+	for {
+		kind, data, err := conn.Read(ctx)
+		if err != nil {
+			if websocket.CloseStatus(err) == -1 && !errors.Is(err, io.EOF) && ctx.Err() == nil {
+				s.log.Debug("WebSocket read ended", slog.String("remote", req.RemoteAddr), slog.Any("error", err))
+			}
+			return nil
+		}
+		if kind != websocket.MessageText {
+			conn.Close(websocket.StatusUnsupportedData, "send reports as text frames")
+			return nil
+		}
+		reply, closeReason := s.handleFrame(ctx, data)
+		if closeReason != "" {
+			conn.Close(websocket.StatusTryAgainLater, closeReason)
+			return nil
+		}
+		writeCtx, cancel := context.WithTimeout(ctx, frameTimeout)
+		err = conn.Write(writeCtx, websocket.MessageText, reply)
+		cancel()
+		if err != nil {
+			s.log.Debug("WebSocket write failed", slog.String("remote", req.RemoteAddr), slog.Any("error", err))
+			return nil
+		}
+	}
+}
+
+// handleFrame answers one frame. A non-empty closeReason means no leader
+// could answer and the socket is to be closed.
+func (s *Server) handleFrame(ctx context.Context, data []byte) (reply []byte, closeReason string) {
+	start := time.Now()
+	defer func() { s.metrics.reportSeconds.WithLabelValues("websocket").Observe(time.Since(start).Seconds()) }()
+
+	if bytes.Contains(data, []byte(`"monitor"`)) {
+		var m monitorFrame
+		if err := decodeJSON(data, &m); err == nil && m.Monitor != "" {
+			return s.monitorReply(m), ""
+		}
+	}
+	r, err := DecodeReport(data)
+	if err != nil {
+		s.metrics.reports.WithLabelValues("websocket", "invalid").Inc()
+		return errorFrame(err), ""
+	}
+	if s.cfg.Reports != nil && s.cfg.Cluster.IsLeader() {
+		answer, err := s.cfg.Reports.Report(r)
+		if err == nil {
+			s.metrics.reports.WithLabelValues("websocket", outcome(answer)).Inc()
+			return s.fitFrame(r, answer), ""
+		}
+		if !errors.Is(err, raftnode.ErrNotLeader) {
+			s.metrics.reports.WithLabelValues("websocket", outcomeOf(err)).Inc()
+			return errorFrame(err), ""
+		}
+	}
+	body, err := s.forwardReport(ctx, data)
+	if err != nil {
+		s.metrics.reports.WithLabelValues("websocket", "no_leader").Inc()
+		return nil, err.Error()
+	}
+	s.metrics.reports.WithLabelValues("websocket", "forwarded").Inc()
+	return body, ""
+}
+
+func outcome(reply ReportReply) string {
+	if reply.Duplicate {
+		return "duplicate"
+	}
+	return "ok"
+}
+
+// forwardReport posts a report frame to the leader's /v1/report and returns
+// the leader's answer. Anything but a 200 is an error, so the socket is
+// closed and the client tries another central.
+func (s *Server) forwardReport(ctx context.Context, data []byte) ([]byte, error) {
+	addr := s.leaderHTTPAddr()
+	if addr == "" {
+		return nil, errors.New("no leader is known")
+	}
+	ctx, cancel := context.WithTimeout(ctx, frameTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.leaderURL(addr, "/v1/report"), bytes.NewReader(data))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
+	req.Header.Set(forwardedHeader, s.cfg.NodeID)
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("leader at %s unreachable", addr)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxFrame+1))
+	if err != nil || resp.StatusCode != http.StatusOK || len(body) > MaxFrame {
+		return nil, fmt.Errorf("leader at %s answered HTTP %d", addr, resp.StatusCode)
+	}
+	return body, nil
+}
+
+func (s *Server) monitorReply(m monitorFrame) []byte {
+	data, err := s.monitorData(quota.MonitorQuery{Subject: m.Monitor, Start: m.StartSlot, End: m.EndSlot, Service: m.Service, User: m.User})
+	if err != nil {
+		return errorFrame(err)
+	}
+	out, err := json.Marshal(data)
+	if err != nil {
+		return errorFrame(err)
+	}
+	return out
+}
+
+func errorFrame(err error) []byte {
+	out, _ := json.Marshal(errorBody{Error: toError(err)})
+	return out
+}
+
+// fitFrame encodes the reply and, when it would not fit in one frame,
+// keeps the users with the smallest quotas and leaves out the others. The
+// Lua client admits a user it has no entry for, so the users left out are
+// the ones with the most room; they are logged and counted.
+func (s *Server) fitFrame(r *protocol.Report, reply ReportReply) []byte {
+	out := EncodeReply(r, reply, s.cfg.NodeID)
+	if len(out) <= MaxFrame {
+		return out
+	}
+	type entry struct {
+		service, user string
+		smallest      float64
+		size          int
+	}
+	var entries []entry
+	for service, quotas := range reply.Quotas {
+		for user, resources := range quotas {
+			smallest := -1.0
+			for _, q := range resources {
+				if smallest < 0 || q < smallest {
+					smallest = q
+				}
+			}
+			encoded, _ := json.Marshal(resources)
+			entries = append(entries, entry{service, user, smallest, len(user) + len(encoded) + 8})
+		}
+	}
+	slices.SortFunc(entries, func(a, b entry) int {
+		switch {
+		case a.smallest < b.smallest:
+			return -1
+		case a.smallest > b.smallest:
+			return 1
+		}
+		return 0
+	})
+	trimmed := make(map[string]protocol.Quotas, len(reply.Quotas))
+	for service := range reply.Quotas {
+		trimmed[service] = protocol.Quotas{}
+	}
+	budget := MaxFrame - 256*len(reply.Quotas) - 64
+	kept := 0
+	for _, e := range entries {
+		if budget-e.size < 0 {
+			break
+		}
+		budget -= e.size
+		trimmed[e.service][e.user] = reply.Quotas[e.service][e.user]
+		kept++
+	}
+	reply.Quotas = trimmed
+	out = EncodeReply(r, reply, s.cfg.NodeID)
+	for len(out) > MaxFrame && kept > 0 {
+		// The size estimate was short: drop the largest kept entry.
+		kept--
+		delete(trimmed[entries[kept].service], entries[kept].user)
+		out = EncodeReply(r, reply, s.cfg.NodeID)
+	}
+	s.metrics.replyOverflow.Inc()
+	s.log.Warn("reply too large for one WebSocket frame; left out the users with the largest quotas",
+		slog.String("node_id", r.NodeID), slog.Int("users", len(entries)), slog.Int("kept", kept),
+		slog.String("slot", strconv.FormatInt(reply.NodeSlot, 10)))
+	return out
+}
