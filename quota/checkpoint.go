@@ -59,8 +59,10 @@ func (e *Engine) Checkpoint() Checkpoint {
 // The refill of the slots between the checkpoint and slot is skipped, and
 // consumption of slots before slot+2 is not billed. The old leader had
 // already granted those tokens as quota, and the edge fallback covered the
-// slots it did not reach. The first assignment refills one slot, so the
-// quotas of slot+2 continue at the rate instead of starting empty. Grants
+// slots it did not reach. One slot of refill is added, so the first quotas
+// continue at the rate instead of starting empty. In reserve mode a bucket
+// then waits for its first grant without refill, as a new bucket does, so
+// the slots before the first reports reach the new leader add nothing. Grants
 // and the allocation history are dropped; the split is rebuilt from the
 // reports that arrive.
 func (e *Engine) Restore(cp Checkpoint, slot int64) error {
@@ -85,17 +87,27 @@ func (e *Engine) Restore(cp Checkpoint, slot int64) error {
 			for _, ri := range u.limitedIdx {
 				r := u.resources[ri]
 				saved, ok := levels[k][r.name]
+				refill := r.limit.Rate
 				switch {
 				case ok:
 				case r.setSlot <= cp.Slot:
 					saved.Level = r.limit.Capacity()
 				default:
-					saved.Level = r.limit.Rate
+					// A limit newer than the checkpoint starts as a new
+					// bucket, with one second of tokens.
+					saved.Level, refill = r.limit.Rate, 0
 				}
 				r.level, r.credit, r.outstanding = saved.Level, saved.Credit, 0
 				r.refilled = slot - 1
 				r.billFrom = slot + 2
 				r.started = true
+				if e.mode == ModeReserve {
+					// The one slot of refill is added now and the bucket
+					// waits for its first grant like a new one, so slots in
+					// which no node has reported yet add nothing.
+					r.level += refill
+					r.started = false
+				}
 				r.clamp()
 			}
 			for _, un := range u.nodes {

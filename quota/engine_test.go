@@ -328,7 +328,8 @@ func TestCheckpointRoundTrip(t *testing.T) {
 	if err := next.Restore(decoded, 123); err != nil {
 		t.Fatalf("Restore: %v", err)
 	}
-	assertLevel(t, next, "front", "u", "traffic_up", level)
+	// The restored level gets one slot of refill at once.
+	assertLevel(t, next, "front", "u", "traffic_up", level+1000)
 	// Full buckets are left out of the checkpoint and come back full; a
 	// limit newer than the checkpoint starts with one second of tokens.
 	assertLevel(t, next, "front", "idle", "traffic_up", 100)
@@ -339,11 +340,17 @@ func TestCheckpointRoundTrip(t *testing.T) {
 
 	// Reports of slots before 125 were covered by the old leader: not billed.
 	mustIngest(t, next, report("A", 124, "front", counts("u", map[string]float64{"traffic_up": 600}), nil))
-	assertLevel(t, next, "front", "u", "traffic_up", level)
+	assertLevel(t, next, "front", "u", "traffic_up", level+1000)
 
-	// The first assignment refills one slot and grants it.
-	mustAssign(t, next, 123, nil)
-	q, _ := quotaOf(next, "A", 125, "front", "u", "traffic_up")
+	// An assignment with no node in the user's split yet adds no refill.
+	mustAssign(t, next, 123, liveSet{})
+	assertLevel(t, next, "front", "u", "traffic_up", level+1000)
+
+	// The first assignment with a node grants the restored level plus one
+	// slot of refill.
+	mustIngest(t, next, report("A", 125, "front", counts("u", map[string]float64{"traffic_up": 600}), nil))
+	mustAssign(t, next, 124, nil)
+	q, _ := quotaOf(next, "A", 126, "front", "u", "traffic_up")
 	if math.Abs(q-(level+1000)) > 1e-6 {
 		t.Errorf("first quota after restore %v, want level %v + one slot of 1000", q, level)
 	}
