@@ -57,6 +57,12 @@ type allocator struct {
 	done   chan struct{}
 
 	checkpointing atomic.Bool
+	metrics       *allocatorMetrics
+
+	// offsets holds each node's last clock offset in whole seconds, so a
+	// change is logged once instead of on every report.
+	offsetsMu sync.Mutex
+	offsets   map[string]int64
 }
 
 // newAllocator returns an allocator; the caller sets node and state before
@@ -70,6 +76,7 @@ func newAllocator(log *slog.Logger, config quota.Config, checkpointEvery int64) 
 	}
 	return &allocator{
 		log:             log.With(slog.String("component", "allocator")),
+		offsets:         make(map[string]int64),
 		config:          config,
 		checkpointEvery: checkpointEvery,
 		now:             time.Now,
@@ -210,6 +217,7 @@ func (a *allocator) loop(ctx context.Context, e *quota.Engine, slot int64) {
 		}
 		start := time.Now()
 		result, err := e.Assign(slot, nil)
+		a.metrics.observeAssign(result, err, time.Since(start))
 		if err != nil {
 			a.log.Error("assignment failed", slog.Int64("slot", slot), slog.Any("error", err))
 		} else {
@@ -240,8 +248,11 @@ func (a *allocator) checkpoint(e *quota.Engine) {
 			cancel()
 		}
 		if err != nil {
+			a.metrics.checkpoints.WithLabelValues("error").Inc()
 			a.log.Warn("replicating a checkpoint failed", slog.Int64("slot", cp.Slot), slog.Any("error", err))
+			return
 		}
+		a.metrics.checkpoints.WithLabelValues("ok").Inc()
 	}()
 }
 
@@ -254,6 +265,7 @@ func (a *allocator) Report(r *protocol.Report) (api.ReportReply, error) {
 		return api.ReportReply{}, errNotAllocating
 	}
 	offset := slotOffset(a.now(), r.Slot)
+	a.noteOffset(r.NodeID, offset)
 	local := *r
 	local.Slot += offset
 	result, err := e.Ingest(&local)
@@ -284,4 +296,20 @@ func (a *allocator) Monitor(q quota.MonitorQuery) (map[int64]any, error) {
 		return nil, errNotAllocating
 	}
 	return e.Monitor(q)
+}
+
+// noteOffset exports a node's clock offset and logs it when it changes to
+// or from a whole second or more. The Lua client sends its own slot
+// numbers, so an offset means its clock is wrong by that many seconds.
+func (a *allocator) noteOffset(node string, offset int64) {
+	a.metrics.offset.WithLabelValues(node).Set(float64(offset))
+	a.offsetsMu.Lock()
+	previous, seen := a.offsets[node]
+	a.offsets[node] = offset
+	a.offsetsMu.Unlock()
+	if (seen && previous == offset) || (!seen && offset == 0) {
+		return
+	}
+	a.log.Warn("edge node clock is off by whole seconds; its slots are mapped onto the central's",
+		slog.String("node_id", node), slog.Int64("offset_seconds", offset), slog.Int64("previous_offset_seconds", previous))
 }

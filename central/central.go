@@ -144,6 +144,10 @@ func Start(cfg Config) (*Central, error) {
 		listener.Close()
 		return nil, err
 	}
+	if alloc.metrics, err = newAllocatorMetrics(cfg.Registry); err != nil {
+		listener.Close()
+		return nil, err
+	}
 	state := fsm.New(fsm.Options{Logger: cfg.Logger, Listener: alloc})
 	alloc.state = state
 	raftCfg := cfg.Raft
