@@ -109,6 +109,9 @@ func (s *Server) handleFrame(ctx context.Context, data []byte) (reply []byte, cl
 			return s.monitorReply(m), ""
 		}
 	}
+	if s.cfg.Reports == nil || !s.cfg.Cluster.IsLeader() {
+		return s.forwardFrame(ctx, data)
+	}
 	r, err := DecodeReport(data)
 	if err != nil {
 		s.metrics.reports.WithLabelValues("websocket", "invalid").Inc()
@@ -125,6 +128,11 @@ func (s *Server) handleFrame(ctx context.Context, data []byte) (reply []byte, cl
 			return errorFrame(err), ""
 		}
 	}
+	return s.forwardFrame(ctx, data)
+}
+
+// forwardFrame relays a report frame to the leader, which validates it.
+func (s *Server) forwardFrame(ctx context.Context, data []byte) (reply []byte, closeReason string) {
 	body, err := s.forwardReport(ctx, data)
 	if err != nil {
 		s.metrics.reports.WithLabelValues("websocket", "no_leader").Inc()
@@ -163,7 +171,10 @@ func (s *Server) forwardReport(ctx context.Context, data []byte) ([]byte, error)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxFrame+1))
-	if err != nil || resp.StatusCode != http.StatusOK || len(body) > MaxFrame {
+	// A 4xx is the leader's verdict on the report itself and goes back to
+	// the node as an error frame; anything else means no leader answered.
+	answered := resp.StatusCode == http.StatusOK || (resp.StatusCode >= 400 && resp.StatusCode < 500)
+	if err != nil || !answered || len(body) > MaxFrame {
 		return nil, fmt.Errorf("leader at %s answered HTTP %d", addr, resp.StatusCode)
 	}
 	return body, nil
