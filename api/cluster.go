@@ -35,6 +35,9 @@ func (r JoinRequest) validate() error {
 		if err != nil || host == "" || port == "" {
 			return fmt.Errorf("%w: %s %q is not a host:port address", quota.ErrInvalid, field.name, field.addr)
 		}
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			return fmt.Errorf("%w: %s %q has a wildcard host; give the address other centrals connect to", quota.ErrInvalid, field.name, field.addr)
+		}
 	}
 	return nil
 }

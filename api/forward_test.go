@@ -75,7 +75,14 @@ type forwardingPair struct {
 
 func newForwardingPair(t *testing.T) *forwardingPair {
 	t.Helper()
-	leader := newLeader(t)
+	return newForwardingPairWith(t, nil)
+}
+
+// newForwardingPairWith is newForwardingPair with a hook that changes the
+// leader's Config before New, for example to set a Reporter.
+func newForwardingPairWith(t *testing.T, configureLeader func(*Config)) *forwardingPair {
+	t.Helper()
+	leader := newTestNode(t, leaderID, true, configureLeader)
 	exchanges := &exchangeLog{}
 	httpServer := httptest.NewServer(exchanges.wrap(leader.api.Handler()))
 	t.Cleanup(httpServer.Close)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/big"
 	"net/http"
 	"net/url"
 	"strings"
@@ -55,7 +56,8 @@ func (r limitsRequest) toLimits() (map[string]quota.Limit, error) {
 		// parseAmount has checked both numbers, so Validate can only
 		// reject a burst below the limit.
 		if err := l.Validate(); err != nil {
-			return nil, fmt.Errorf("burst.%s: %w", resource, err)
+			return nil, fmt.Errorf("%w: burst.%s is %v, below limit.%s %v; give a burst of at least the limit, or leave it out for %d x the limit",
+				quota.ErrInvalid, resource, l.Burst, resource, l.Rate, quota.DefaultBurstFactor)
 		}
 		limits[resource] = l
 	}
@@ -82,7 +84,18 @@ func parseAmount(field string, raw json.RawMessage) (float64, error) {
 		}
 		return 0, fmt.Errorf("%w: %s is not a valid number: %v", quota.ErrInvalid, field, err)
 	}
+	if v == quota.MaxAmount && exceedsMaxAmount(text) {
+		// float64 rounds integers just above 2^53 down to 2^53.
+		return 0, fmt.Errorf("%w: %s is %s; it must be at most 2^53", quota.ErrInvalid, field, text)
+	}
 	return v, checkNumber(field, v)
+}
+
+// exceedsMaxAmount reports whether the decimal number text is above 2^53,
+// exactly.
+func exceedsMaxAmount(text []byte) bool {
+	exact, ok := new(big.Float).SetPrec(256).SetString(string(text))
+	return ok && exact.Cmp(big.NewFloat(quota.MaxAmount)) > 0
 }
 
 func checkNumber(field string, v float64) error {

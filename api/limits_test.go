@@ -126,7 +126,7 @@ func TestPutLimitsValidation(t *testing.T) {
 		{"limit above 2^53", "/v1/limits/video/alice", `{"limit": {"traffic_up": 9007199254740994}}`, []string{"limit.traffic_up", "2^53"}},
 		{"limit out of float range", "/v1/limits/video/alice", `{"limit": {"traffic_up": 1e400}}`, []string{"limit.traffic_up is 1e400", "2^53"}},
 		{"negative burst", "/v1/limits/video/alice", `{"limit": {"traffic_up": 10}, "burst": {"traffic_up": -5}}`, []string{"burst.traffic_up is -5"}},
-		{"burst below limit", "/v1/limits/video/alice", `{"limit": {"traffic_up": 10}, "burst": {"traffic_up": 5}}`, []string{"burst.traffic_up", "below limit 10"}},
+		{"burst below limit", "/v1/limits/video/alice", `{"limit": {"traffic_up": 10}, "burst": {"traffic_up": 5}}`, []string{"burst.traffic_up", "below limit.traffic_up 10"}},
 		{"burst without limit", "/v1/limits/video/alice", `{"limit": {"traffic_up": 10}, "burst": {"requests": 5}}`, []string{"burst.requests", "limit.requests"}},
 		{"empty resource name", "/v1/limits/video/alice", `{"limit": {"": 10}}`, []string{"resource", "empty"}},
 		{"resource name too long", "/v1/limits/video/alice", `{"limit": {"` + long + `": 10}}`, []string{"resource", "129 bytes"}},

@@ -210,6 +210,9 @@ func (s *Server) report(c echo.Context) error {
 		outcome = "duplicate"
 	}
 	s.metrics.reports.WithLabelValues("http", outcome).Inc()
+	if c.Request().Header.Get(frameReplyHeader) != "" {
+		return c.JSONBlob(http.StatusOK, s.fitFrame(r, reply))
+	}
 	return c.JSONBlob(http.StatusOK, EncodeReply(r, reply, s.cfg.NodeID))
 }
 

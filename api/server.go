@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -75,8 +76,11 @@ type Config struct {
 	// PeerTLS, when set, makes forwarding to the leader use https with
 	// this client configuration; the centrals then serve TLS too.
 	PeerTLS *tls.Config
-	Ready   Readiness
-	Logger  *slog.Logger
+	// Profiling serves Go's runtime profiles under /debug/pprof/. They
+	// expose internals, so it is off by default.
+	Profiling bool
+	Ready     Readiness
+	Logger    *slog.Logger
 	// Registry receives the API's metrics and is served at /metrics. Nil
 	// creates a new registry.
 	Registry *prometheus.Registry
@@ -159,6 +163,13 @@ func (s *Server) routes(e *echo.Echo) {
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{})))
 
 	e.GET("/throttle", s.throttle)
+	if s.cfg.Profiling {
+		e.GET("/debug/pprof/*", echo.WrapHandler(http.HandlerFunc(pprof.Index)))
+		e.GET("/debug/pprof/cmdline", echo.WrapHandler(http.HandlerFunc(pprof.Cmdline)))
+		e.GET("/debug/pprof/profile", echo.WrapHandler(http.HandlerFunc(pprof.Profile)))
+		e.GET("/debug/pprof/symbol", echo.WrapHandler(http.HandlerFunc(pprof.Symbol)))
+		e.GET("/debug/pprof/trace", echo.WrapHandler(http.HandlerFunc(pprof.Trace)))
+	}
 
 	v1 := e.Group("/v1")
 	v1.POST("/report", s.report)

@@ -34,6 +34,11 @@ const frameTimeout = 2 * time.Second
 // 403.
 type HandshakeAuth func(r *http.Request) error
 
+// frameReplyHeader asks the leader to fit a report's reply into one
+// WebSocket frame with fitFrame. A follower sets it when it forwards a
+// report frame, because only the leader has the quotas to trim by.
+const frameReplyHeader = "X-Throttle-Reply-Frame"
+
 // monitorFrame is a monitor request sent on the report socket.
 type monitorFrame struct {
 	Monitor   string `json:"monitor"`
@@ -150,8 +155,9 @@ func outcome(reply ReportReply) string {
 }
 
 // forwardReport posts a report frame to the leader's /v1/report and returns
-// the leader's answer. Anything but a 200 is an error, so the socket is
-// closed and the client tries another central.
+// the leader's answer: its reply, trimmed to one frame, or its 4xx error
+// body. Any other answer is an error, so the socket is closed and the
+// client tries another central.
 func (s *Server) forwardReport(ctx context.Context, data []byte) ([]byte, error) {
 	addr := s.leaderHTTPAddr()
 	if addr == "" {
@@ -165,6 +171,7 @@ func (s *Server) forwardReport(ctx context.Context, data []byte) ([]byte, error)
 	}
 	req.Header.Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
 	req.Header.Set(forwardedHeader, s.cfg.NodeID)
+	req.Header.Set(frameReplyHeader, "1")
 	resp, err := s.client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("leader at %s unreachable", addr)
@@ -174,8 +181,11 @@ func (s *Server) forwardReport(ctx context.Context, data []byte) ([]byte, error)
 	// A 4xx is the leader's verdict on the report itself and goes back to
 	// the node as an error frame; anything else means no leader answered.
 	answered := resp.StatusCode == http.StatusOK || (resp.StatusCode >= 400 && resp.StatusCode < 500)
-	if err != nil || !answered || len(body) > MaxFrame {
+	switch {
+	case err != nil || !answered:
 		return nil, fmt.Errorf("leader at %s answered HTTP %d", addr, resp.StatusCode)
+	case len(body) > MaxFrame:
+		return nil, fmt.Errorf("leader at %s sent a reply larger than %d bytes", addr, MaxFrame)
 	}
 	return body, nil
 }

@@ -53,6 +53,9 @@ type allocator struct {
 	mu     sync.Mutex
 	engine atomic.Pointer[quota.Engine]
 
+	// runMu serializes start and stop, which run on the leadership
+	// goroutine and in Close, and guards cancel and done.
+	runMu  sync.Mutex
 	cancel context.CancelFunc
 	done   chan struct{}
 
@@ -131,6 +134,8 @@ func (a *allocator) loadLimits(e *quota.Engine) {
 // checkpoint and starts the slot loop. The caller has run a barrier, so the
 // state holds every committed entry.
 func (a *allocator) start() error {
+	a.runMu.Lock()
+	defer a.runMu.Unlock()
 	e, err := quota.New(a.config)
 	if err != nil {
 		return err
@@ -173,6 +178,8 @@ func (a *allocator) start() error {
 // stop ends the slot loop and drops the engine. Reports get
 // ErrNotAllocating from then on.
 func (a *allocator) stop() {
+	a.runMu.Lock()
+	defer a.runMu.Unlock()
 	a.mu.Lock()
 	a.engine.Store(nil)
 	a.mu.Unlock()

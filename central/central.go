@@ -62,6 +62,9 @@ type Config struct {
 	// WebSocket handshake must carry a valid presigned query.
 	AccessKeys map[string]string
 
+	// Profiling serves Go's runtime profiles under /debug/pprof/.
+	Profiling bool
+
 	// Raft holds the Raft timing; NodeID, RaftAddr, DataDir, Bootstrap,
 	// FSM and Logger are filled in from the fields above.
 	Raft raftnode.Config
@@ -172,17 +175,18 @@ func Start(cfg Config) (*Central, error) {
 		fatal:    make(chan error, 1),
 	}
 	c.api, err = api.New(api.Config{
-		NodeID:   cfg.NodeID,
-		Cluster:  node,
-		State:    state,
-		Reports:  alloc,
-		Monitor:  alloc,
+		NodeID:  cfg.NodeID,
+		Cluster: node,
+		State:   state,
+		Reports: alloc,
+		Monitor: alloc,
 
 		HandshakeAuth: auth,
 		PeerTLS:       peerTLS,
-		Ready:    c.ready.check,
-		Logger:   cfg.Logger,
-		Registry: cfg.Registry,
+		Profiling:     cfg.Profiling,
+		Ready:         c.ready.check,
+		Logger:        cfg.Logger,
+		Registry:      cfg.Registry,
 	})
 	if err != nil {
 		c.closeRaft(context.Background())
@@ -283,7 +287,7 @@ func (c *Central) recordOwnAddress(ctx context.Context) {
 	if got, ok := c.fsm.Server(own.ID); ok && got == own {
 		return
 	}
-	data, err := fsm.Encode(fsm.SetServerCommand{ID: own.ID, HTTPAddr: own.HTTPAddr, RaftAddr: own.RaftAddr})
+	data, err := fsm.Encode(fsm.SetServerCommand(own))
 	if err == nil {
 		_, err = c.node.Apply(ctx, data)
 	}
@@ -316,6 +320,9 @@ func (c *Central) Close(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	c.wg.Wait()
+	// followLeadership may have started the allocator after the stop
+	// above and before it saw the cancelled context.
+	c.alloc.stop()
 	err := errors.Join(errs...)
 	c.log.Info("central stopped", slog.Duration("duration", time.Since(start)), slog.Any("error", err))
 	return err

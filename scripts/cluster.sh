@@ -38,21 +38,35 @@ running() {
 	alive "$(cat "$(pid_file "$1")")"
 }
 
-# start_node N: starts central N in the background; node 1 bootstraps, the
-# others join through node 1's API.
+# new_cluster: true when no central has data yet.
+new_cluster() {
+	local n
+	for n in $(seq 1 $NODES); do
+		[[ -e $(node_dir "$n")/raft.db ]] && return 1
+	done
+	return 0
+}
+
+# start_node N: starts central N in the background. Node 1 bootstraps a
+# brand-new cluster; every other start joins through the others' APIs, so a
+# central whose data was deleted rejoins instead of founding a second
+# cluster.
 start_node() {
-	local n=$1 args
+	local n=$1 args peers=() m
 	if running "$n"; then
 		echo "c$n is already running (PID $(cat "$(pid_file "$n")"))"
 		return
 	fi
-	mkdir -p "$(node_dir "$n")"
 	args=(--node-id "c$n" --http-addr "$(http_addr "$n")" --raft-addr "$(raft_addr "$n")" --data-dir "$(node_dir "$n")")
-	if [[ $n == 1 ]]; then
+	if [[ $n == 1 ]] && new_cluster; then
 		args+=(--bootstrap)
 	else
-		args+=(--join "$(http_addr 1)")
+		for m in $(seq 1 $NODES); do
+			[[ $m == "$n" ]] || peers+=("$(http_addr "$m")")
+		done
+		args+=(--join "$(IFS=,; echo "${peers[*]}")")
 	fi
+	mkdir -p "$(node_dir "$n")"
 	"$BIN" "${args[@]}" >>"$(log_file "$n")" 2>&1 &
 	echo $! >"$(pid_file "$n")"
 	echo "started c$n (PID $!): HTTP $(http_addr "$n"), Raft $(raft_addr "$n"), log $(log_file "$n")"

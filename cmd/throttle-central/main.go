@@ -40,6 +40,7 @@ type options struct {
 	tlsCA         string
 	tlsSkipVerify bool
 	accessKeys    string
+	profiling     bool
 	allocation    string
 	historySlots  int
 	logLevel      string
@@ -56,13 +57,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	flags.StringVar(&o.httpAdvertise, "http-advertise", "", "host:port other centrals use to reach the HTTP API (default: the address --http-addr resolves to; required when it listens on all interfaces)")
 	flags.StringVar(&o.raftAddr, "raft-addr", "127.0.0.1:7001", "host:port of the Raft transport; other centrals connect to this address, so it must not be a wildcard")
 	flags.StringVar(&o.dataDir, "data-dir", "", "directory for the Raft log, stable store and snapshots (required; created if missing)")
-	flags.BoolVar(&o.bootstrap, "bootstrap", false, "create a one-server cluster when the data directory is empty; harmless on restart")
+	flags.BoolVar(&o.bootstrap, "bootstrap", false, "create a new one-server cluster when the data directory is empty (only for the first central of a new cluster); harmless on restart with the same data")
 	flags.StringVar(&o.join, "join", "", "comma-separated HTTP host:port addresses of cluster members to ask for membership, retried with backoff")
 	flags.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate file for the HTTP listener; with --tls-key the API and the report WebSocket (wss://) use TLS")
 	flags.StringVar(&o.tlsKey, "tls-key", "", "PEM private key file for --tls-cert")
 	flags.StringVar(&o.tlsCA, "tls-ca", "", "PEM CA bundle that verifies other centrals' certificates when forwarding or joining (default: the system roots)")
 	flags.BoolVar(&o.tlsSkipVerify, "tls-skip-verify", false, "do not verify other centrals' certificates; for self-signed test set-ups only")
 	flags.StringVar(&o.accessKeys, "access-keys-file", "", "file of SigV4 key pairs, one \"ACCESS_KEY SECRET\" per line; when set, report WebSockets must be presigned with one of them")
+	flags.BoolVar(&o.profiling, "debug-pprof", false, "serve Go runtime profiles under /debug/pprof/ on the HTTP listener; they expose internals, so keep it off in production")
 	flags.StringVar(&o.allocation, "allocation", string(quota.DefaultMode), "how the leader splits each user's bucket among edge nodes: reserve (grants set aside and settled, close to the limit every second) or classic (the original central's rule)")
 	flags.IntVar(&o.historySlots, "history-slots", quota.DefaultHistorySlots, "how many seconds of reports and quotas the leader keeps for the monitor API; memory grows with it")
 	flags.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -89,6 +91,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("--data-dir is required")
 	case o.shutdown <= 0:
 		return o, fmt.Errorf("--shutdown-timeout %v must be positive", o.shutdown)
+	case o.bootstrap && o.join != "":
+		return o, errors.New("--bootstrap and --join exclude each other: bootstrap only the first central of a new cluster, and start every other central, or one that comes back without its data, with --join")
 	case (o.tlsCert == "") != (o.tlsKey == ""):
 		return o, errors.New("--tls-cert and --tls-key go together; set both or neither")
 	case o.historySlots < 1:
@@ -181,6 +185,7 @@ func run(args []string, stderr io.Writer) int {
 		Allocation:    quota.Mode(o.allocation),
 		TLS:           central.TLSConfig{CertFile: o.tlsCert, KeyFile: o.tlsKey, CAFile: o.tlsCA, SkipPeerVerify: o.tlsSkipVerify},
 		AccessKeys:    keys,
+		Profiling:     o.profiling,
 		HistorySlots:  o.historySlots,
 		Logger:        logger,
 	})

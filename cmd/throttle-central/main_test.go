@@ -19,6 +19,7 @@ func TestParseFlagsRequiresNodeIDAndDataDir(t *testing.T) {
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--shutdown-timeout", "0s"}, "--shutdown-timeout"},
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--allocation", "fair"}, `--allocation: invalid input: allocation mode "fair"`},
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--history-slots", "0"}, "--history-slots 0"},
+		{[]string{"--node-id", "c1", "--data-dir", "d", "--bootstrap", "--join", "a:1"}, "--bootstrap and --join exclude each other"},
 	} {
 		_, err := parseFlags(tc.args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
