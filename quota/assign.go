@@ -382,8 +382,12 @@ func (e *Engine) pruneUser(u *userState, slot int64) {
 			kept = append(kept, un)
 		}
 	}
+	removed := len(u.nodes) - len(kept)
 	clear(u.nodes[len(kept):])
 	u.nodes = kept
+	if removed > 0 && u.byNode != nil {
+		u.indexNodes()
+	}
 }
 
 // pruneNodes drops nodes that have not reported for longer than the

@@ -143,11 +143,8 @@ func (e *Engine) settleUnnamed(n *nodeState, slot int64, r *protocol.Report, las
 		s := e.shardOf(k)
 		s.mu.Lock()
 		if u := s.users[k]; u != nil {
-			for _, un := range u.nodes {
-				if un.node == n {
-					e.settle(u, un, slot, nil, false, lastAssigned)
-					break
-				}
+			if un := u.find(n); un != nil {
+				e.settle(u, un, slot, nil, false, lastAssigned)
 			}
 		}
 		s.mu.Unlock()

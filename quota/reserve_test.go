@@ -1,6 +1,7 @@
 package quota
 
 import (
+	"fmt"
 	"math"
 	"testing"
 
@@ -285,5 +286,46 @@ func TestReserveNewNodeGetsQuotaWithinThreeSlots(t *testing.T) {
 	q, ok := quotaOf(e, "D", 113, "front", "u", "traffic_up")
 	if !ok || q < 1 {
 		t.Errorf("new node D holds quota %v (entry %v) for slot 113, want at least 1", q, ok)
+	}
+}
+
+func TestManyNodesIndexSurvivesPruning(t *testing.T) {
+	e := newTestEngine(t, ModeReserve)
+	mustSetLimits(t, e, "front", "u", map[string]Limit{"traffic_up": {Rate: 1200}}, 100)
+	nodes := make([]string, 12)
+	for i := range nodes {
+		nodes[i] = fmt.Sprintf("n%02d", i)
+		mustIngest(t, e, report(nodes[i], 100, "front", counts("u", map[string]float64{"traffic_up": 1}), nil))
+	}
+	mustAssign(t, e, 100, nil)
+	for _, node := range nodes {
+		if _, ok := quotaOf(e, node, 102, "front", "u", "traffic_up"); !ok {
+			t.Fatalf("node %s has no quota while all 12 report", node)
+		}
+	}
+
+	// Only three nodes go on reporting; the others age out of the user's
+	// node list, which then drops its index.
+	for slot := int64(101); slot <= 120; slot++ {
+		for _, node := range nodes[:3] {
+			mustIngest(t, e, report(node, slot, "front", counts("u", map[string]float64{"traffic_up": 1}), nil))
+		}
+		mustAssign(t, e, slot, nil)
+	}
+	for i, node := range nodes {
+		_, ok := quotaOf(e, node, 122, "front", "u", "traffic_up")
+		if want := i < 3; ok != want {
+			t.Errorf("node %s holds quota %v, want %v", node, ok, want)
+		}
+	}
+
+	// A node that comes back is found again.
+	mustIngest(t, e, report(nodes[11], 121, "front", counts("u", map[string]float64{"traffic_up": 1}), nil))
+	for _, node := range nodes[:3] {
+		mustIngest(t, e, report(node, 121, "front", counts("u", map[string]float64{"traffic_up": 1}), nil))
+	}
+	mustAssign(t, e, 121, nil)
+	if _, ok := quotaOf(e, nodes[11], 123, "front", "u", "traffic_up"); !ok {
+		t.Errorf("node %s has no quota after it came back", nodes[11])
 	}
 }

@@ -20,6 +20,8 @@ type userState struct {
 	limitedIdx   []int
 	limitedNames []string
 	nodes        []*userNode
+	// byNode indexes nodes once there are more than indexNodesAbove.
+	byNode map[*nodeState]*userNode
 }
 
 func newUserState(k userKey) *userState {
@@ -64,14 +66,48 @@ func (u *userState) countLimits() {
 
 // nodeState returns the user's state on node n, adding it if needed.
 func (u *userState) node(n *nodeState) *userNode {
+	if un := u.find(n); un != nil {
+		return un
+	}
+	un := &userNode{node: n}
+	u.nodes = append(u.nodes, un)
+	if u.byNode != nil {
+		u.byNode[n] = un
+	} else if len(u.nodes) > indexNodesAbove {
+		u.indexNodes()
+	}
+	return un
+}
+
+// indexNodesAbove is how many nodes a user may have before its node list
+// gets a map index: a scan is faster for a few, and a user seen on hundreds
+// of nodes would otherwise cost a scan per node on every report.
+const indexNodesAbove = 8
+
+// find returns the user's state on node n, or nil.
+func (u *userState) find(n *nodeState) *userNode {
+	if u.byNode != nil {
+		return u.byNode[n]
+	}
 	for _, un := range u.nodes {
 		if un.node == n {
 			return un
 		}
 	}
-	un := &userNode{node: n}
-	u.nodes = append(u.nodes, un)
-	return un
+	return nil
+}
+
+// indexNodes rebuilds byNode from nodes, or drops it when the list is
+// short again.
+func (u *userState) indexNodes() {
+	if len(u.nodes) <= indexNodesAbove {
+		u.byNode = nil
+		return
+	}
+	u.byNode = make(map[*nodeState]*userNode, len(u.nodes))
+	for _, un := range u.nodes {
+		u.byNode[un.node] = un
+	}
 }
 
 // resourceState is one resource of one user: its limit and token bucket.
