@@ -34,9 +34,10 @@ const frameTimeout = 2 * time.Second
 // 403.
 type HandshakeAuth func(r *http.Request) error
 
-// frameReplyHeader asks the leader to fit a report's reply into one
-// WebSocket frame with fitFrame. A follower sets it when it forwards a
-// report frame, because only the leader has the quotas to trim by.
+// frameReplyHeader, on a report forwarded to the leader, makes the leader
+// trim its reply to one WebSocket frame with fitFrame. A follower sets it
+// when it forwards a report frame, because only the leader has the quotas
+// to trim by.
 const frameReplyHeader = "X-Throttle-Reply-Frame"
 
 // monitorFrame is a monitor request sent on the report socket.
@@ -155,8 +156,8 @@ func outcome(reply ReportReply) string {
 }
 
 // forwardReport posts a report frame to the leader's /v1/report and returns
-// the leader's answer: its reply, trimmed to one frame, or its 4xx error
-// body. Any other answer is an error, so the socket is closed and the
+// the leader's response body: the reply, trimmed to one frame, or a 4xx
+// error. Any other response is an error, so the socket is closed and the
 // client tries another central.
 func (s *Server) forwardReport(ctx context.Context, data []byte) ([]byte, error) {
 	addr := s.leaderHTTPAddr()

@@ -122,6 +122,7 @@ func TestReportsGetQuotasAcrossFailover(t *testing.T) {
 func TestLuaReportFixturesAccepted(t *testing.T) {
 	nodes := startCluster(t, 1)
 	addr := nodes[0].c.HTTPAddr()
+	waitForQuotaEngine(t, http.DefaultClient, "http://"+addr)
 	f, err := os.Open("../../shared/fixtures/lua-resty-throttle/reports.jsonl")
 	if err != nil {
 		t.Skipf("fixtures not available: %v", err)
