@@ -39,6 +39,10 @@ type ReportReply struct {
 	Quotas map[string]protocol.Quotas
 }
 
+// errEngineStarting is the message of a report that reaches a new leader
+// before its quota engine runs.
+const errEngineStarting = "this central has just become the leader and is starting its quota engine; retry in a second"
+
 // ReportVersion2 is the report version of clients that understand the
 // extended reply.
 const ReportVersion2 = 2
@@ -198,6 +202,12 @@ func (s *Server) report(c echo.Context) error {
 	}
 	reply, err := s.cfg.Reports.Report(r)
 	if errors.Is(err, raftnode.ErrNotLeader) {
+		if s.leaderIsSelf() {
+			// The leader is still starting its quota engine; forwarding
+			// would send the report back to this central.
+			s.metrics.reports.WithLabelValues("http", "starting").Inc()
+			return newError(http.StatusServiceUnavailable, CodeUnavailable, errEngineStarting)
+		}
 		s.metrics.reports.WithLabelValues("http", "forwarded").Inc()
 		return s.forward(c, body)
 	}
@@ -256,4 +266,10 @@ func EncodeReply(r *protocol.Report, reply ReportReply, leader string) []byte {
 		return []byte("{}")
 	}
 	return data
+}
+
+// leaderIsSelf reports whether Raft names this central as the leader.
+func (s *Server) leaderIsSelf() bool {
+	id, _ := s.cfg.Cluster.Leader()
+	return id == s.cfg.NodeID
 }

@@ -97,10 +97,13 @@ type Config struct {
 
 // Server is the HTTP API of one central.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	echo    *echo.Echo
-	http    *http.Server
+	cfg  Config
+	log  *slog.Logger
+	echo *echo.Echo
+	http *http.Server
+	// closing is cancelled by Shutdown, which ends open WebSockets.
+	closing context.Context
+	close   context.CancelFunc
 	client  *http.Client
 	metrics *metrics
 	now     func() time.Time
@@ -153,6 +156,7 @@ func New(cfg Config) (*Server, error) {
 	e.Use(s.instrument, s.recoverPanics, s.limitBody)
 	s.routes(e)
 	s.echo = e
+	s.closing, s.close = context.WithCancel(context.Background())
 	s.http = &http.Server{Handler: e, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }
@@ -200,6 +204,7 @@ func (s *Server) Serve(l net.Listener) error {
 // Shutdown stops accepting requests and waits for the ones in flight until
 // ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.close()
 	if err := s.http.Shutdown(ctx); err != nil {
 		return fmt.Errorf("api: shutdown: %w", err)
 	}

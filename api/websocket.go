@@ -75,7 +75,12 @@ func (s *Server) throttle(c echo.Context) error {
 	s.metrics.connections.Inc()
 	defer s.metrics.connections.Dec()
 
-	ctx := req.Context()
+	// The socket ends with the request or when the server shuts down:
+	// http.Server.Shutdown does not close hijacked connections itself.
+	ctx, cancel := context.WithCancel(req.Context())
+	defer cancel()
+	stop := context.AfterFunc(s.closing, cancel)
+	defer stop()
 	for {
 		kind, data, err := conn.Read(ctx)
 		if err != nil {
@@ -132,6 +137,10 @@ func (s *Server) handleFrame(ctx context.Context, data []byte) (reply []byte, cl
 		if !errors.Is(err, raftnode.ErrNotLeader) {
 			s.metrics.reports.WithLabelValues("websocket", outcomeOf(err)).Inc()
 			return errorFrame(err), ""
+		}
+		if s.leaderIsSelf() {
+			s.metrics.reports.WithLabelValues("websocket", "starting").Inc()
+			return nil, errEngineStarting
 		}
 	}
 	return s.forwardFrame(ctx, data)
