@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"math/big"
 	"net/http"
 	"net/url"
@@ -65,7 +64,7 @@ func (r limitsRequest) toLimits() (map[string]quota.Limit, error) {
 }
 
 // parseAmount parses one number of the request body and checks it with
-// checkNumber. field names the value in errors, for example
+// quota.CheckAmount. field names the value in errors, for example
 // limit.traffic_up. A null is rejected rather than read as 0, because a
 // limit of 0 allows no traffic at all.
 func parseAmount(field string, raw json.RawMessage) (float64, error) {
@@ -88,7 +87,7 @@ func parseAmount(field string, raw json.RawMessage) (float64, error) {
 		// float64 rounds integers just above 2^53 down to 2^53.
 		return 0, fmt.Errorf("%w: %s is %s; it must be at most 2^53", quota.ErrInvalid, field, text)
 	}
-	return v, checkNumber(field, v)
+	return v, quota.CheckAmount(field, v)
 }
 
 // exceedsMaxAmount reports whether the decimal number text is above 2^53,
@@ -96,18 +95,6 @@ func parseAmount(field string, raw json.RawMessage) (float64, error) {
 func exceedsMaxAmount(text []byte) bool {
 	exact, ok := new(big.Float).SetPrec(256).SetString(string(text))
 	return ok && exact.Cmp(big.NewFloat(quota.MaxAmount)) > 0
-}
-
-func checkNumber(field string, v float64) error {
-	switch {
-	case math.IsNaN(v) || math.IsInf(v, 0):
-		return fmt.Errorf("%w: %s is %v; it must be a finite number", quota.ErrInvalid, field, v)
-	case v < 0:
-		return fmt.Errorf("%w: %s is %v; it must not be negative", quota.ErrInvalid, field, v)
-	case v > quota.MaxAmount:
-		return fmt.Errorf("%w: %s is %v; it must be at most 2^53", quota.ErrInvalid, field, v)
-	}
-	return nil
 }
 
 // pathNames returns the service and user of the path, validated.

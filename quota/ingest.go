@@ -49,7 +49,7 @@ func ValidateReport(r *protocol.Report) error {
 						return ValidateName(part.field+"."+service+"."+user, resource)
 					}
 					if !validAmount(amount) {
-						return checkAmount(part.field+"."+service+"."+user+"."+resource, amount)
+						return CheckAmount(part.field+"."+service+"."+user+"."+resource, amount)
 					}
 				}
 			}

@@ -38,10 +38,10 @@ var ErrInvalid = errors.New("invalid input")
 // explicit burst holds at least one second of tokens. Errors wrap ErrInvalid
 // and name the field.
 func (l Limit) Validate() error {
-	if err := checkAmount("limit", l.Rate); err != nil {
+	if err := CheckAmount("limit", l.Rate); err != nil {
 		return err
 	}
-	if err := checkAmount("burst", l.Burst); err != nil {
+	if err := CheckAmount("burst", l.Burst); err != nil {
 		return err
 	}
 	if l.Burst != 0 && l.Burst < l.Rate {
@@ -55,7 +55,9 @@ func (l Limit) Validate() error {
 // which float64 no longer represents every integer.
 const MaxAmount = 1 << 53
 
-func checkAmount(field string, v float64) error {
+// CheckAmount checks one count or limit: finite, not negative and at most
+// MaxAmount. Errors wrap ErrInvalid and name field.
+func CheckAmount(field string, v float64) error {
 	switch {
 	case math.IsNaN(v) || math.IsInf(v, 0):
 		return fmt.Errorf("%w: %s is %v; it must be a finite number", ErrInvalid, field, v)
@@ -105,7 +107,7 @@ func validName(name string) bool {
 	return strings.TrimSpace(name) == name
 }
 
-// validAmount reports whether checkAmount accepts v.
+// validAmount reports whether CheckAmount accepts v.
 func validAmount(v float64) bool {
 	return v >= 0 && v <= MaxAmount
 }
