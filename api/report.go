@@ -62,49 +62,13 @@ type wireReport struct {
 // Numbers are read as float64, because the Lua client writes large counts
 // in exponent form.
 func DecodeReport(body []byte) (*protocol.Report, error) {
-	if r, ok := decodeReportFast(body); ok {
+	if r, ok := parseReport(body); ok {
 		if err := quota.ValidateReport(r); err != nil {
 			return nil, err
 		}
 		return r, nil
 	}
 	return decodeReportChecked(body)
-}
-
-// fastReport is the shape of a well-formed report, decoded straight into
-// float64 maps.
-type fastReport struct {
-	Version     *int64          `json:"version"`
-	NodeID      *string         `json:"node_id"`
-	Slot        *int64          `json:"slot_number"`
-	Consumption protocol.Counts `json:"consumption"`
-	Rejection   protocol.Counts `json:"rejection"`
-}
-
-// decodeReportFast decodes a well-formed report in one pass. It reports
-// false for anything unusual (a syntax or type error, an unknown field, a
-// missing field, a version other than 0 or 2, a slot in exponent form),
-// and DecodeReport then decodes again slowly to name the field at fault.
-func decodeReportFast(body []byte) (*protocol.Report, bool) {
-	if bytes.Contains(body, []byte("null")) {
-		// encoding/json would read a null count as 0; the checked path
-		// rejects it.
-		return nil, false
-	}
-	var f fastReport
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&f); err != nil || dec.More() || f.NodeID == nil || f.Slot == nil {
-		return nil, false
-	}
-	r := &protocol.Report{NodeID: *f.NodeID, Slot: *f.Slot, Consumption: f.Consumption, Rejection: f.Rejection}
-	if f.Version != nil {
-		if *f.Version != 0 && *f.Version != ReportVersion2 {
-			return nil, false
-		}
-		r.Version = int(*f.Version)
-	}
-	return r, true
 }
 
 // decodeReportChecked decodes with every count kept raw first, so an
