@@ -108,7 +108,7 @@ func (s *Server) throttle(c echo.Context) error {
 	}
 }
 
-// handleFrame answers one frame. A non-empty closeReason means no leader
+// handleFrame returns the reply to one frame. A non-empty closeReason means no leader
 // could answer and the socket is to be closed.
 func (s *Server) handleFrame(ctx context.Context, data []byte) (reply []byte, closeReason string) {
 	start := time.Now()
@@ -193,7 +193,7 @@ func (s *Server) forwardReport(ctx context.Context, data []byte) ([]byte, error)
 	answered := resp.StatusCode == http.StatusOK || (resp.StatusCode >= 400 && resp.StatusCode < 500)
 	switch {
 	case err != nil || !answered:
-		return nil, fmt.Errorf("leader at %s answered HTTP %d", addr, resp.StatusCode)
+		return nil, fmt.Errorf("leader at %s responded with HTTP %d", addr, resp.StatusCode)
 	case len(body) > MaxFrame:
 		return nil, fmt.Errorf("leader at %s sent a reply larger than %d bytes", addr, MaxFrame)
 	}

@@ -52,7 +52,7 @@ func (t TLSConfig) peerConfig() (*tls.Config, error) {
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("TLS CA file %s holds no PEM certificate", t.CAFile)
+			return nil, fmt.Errorf("TLS CA file %s contains no PEM certificate", t.CAFile)
 		}
 		cfg.RootCAs = pool
 	}
@@ -88,7 +88,7 @@ func LoadAccessKeys(path string) (map[string]string, error) {
 		return nil, fmt.Errorf("read access key file %s: %w", path, err)
 	}
 	if len(keys) == 0 {
-		return nil, fmt.Errorf("access key file %s holds no key pair", path)
+		return nil, fmt.Errorf("access key file %s contains no key pair", path)
 	}
 	return keys, nil
 }
