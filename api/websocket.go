@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"time"
@@ -117,7 +118,7 @@ func (s *Server) handleFrame(ctx context.Context, data []byte) (reply []byte, cl
 	if bytes.Contains(data, []byte(`"monitor"`)) {
 		var m monitorFrame
 		if err := decodeJSON(data, &m); err == nil && m.Monitor != "" {
-			return s.monitorReply(m), ""
+			return s.monitorReply(ctx, m), ""
 		}
 	}
 	if s.cfg.Reports == nil || !s.cfg.Cluster.IsLeader() {
@@ -200,14 +201,22 @@ func (s *Server) forwardReport(ctx context.Context, data []byte) ([]byte, error)
 	return body, nil
 }
 
-func (s *Server) monitorReply(m monitorFrame) []byte {
+// monitorReply answers a monitor frame from the leader's history; a
+// follower fetches it from the leader's GET /v1/monitor/{subject}.
+func (s *Server) monitorReply(ctx context.Context, m monitorFrame) []byte {
 	data, err := s.monitorData(quota.MonitorQuery{Subject: m.Monitor, Start: m.StartSlot, End: m.EndSlot, Service: m.Service, User: m.User})
+	if errors.Is(err, raftnode.ErrNotLeader) {
+		return s.forwardMonitor(ctx, m)
+	}
 	if err != nil {
 		return errorFrame(err)
 	}
 	out, err := json.Marshal(data)
 	if err != nil {
 		return errorFrame(err)
+	}
+	if len(out) > MaxFrame {
+		return errorFrame(errMonitorTooLarge)
 	}
 	return out
 }
@@ -281,3 +290,51 @@ func (s *Server) fitFrame(r *protocol.Report, reply ReportReply) []byte {
 		slog.String("slot", strconv.FormatInt(reply.NodeSlot, 10)))
 	return out
 }
+
+// forwardMonitor fetches monitor data from the leader for a frame that
+// reached a follower, and returns the leader's JSON, error or not.
+func (s *Server) forwardMonitor(ctx context.Context, m monitorFrame) []byte {
+	addr := s.leaderHTTPAddr()
+	if addr == "" || s.leaderIsSelf() {
+		return errorFrame(newError(http.StatusServiceUnavailable, CodeNoLeader, "no leader with monitor data is known; retry after an election"))
+	}
+	query := url.Values{}
+	for key, value := range map[string]string{"service": m.Service, "user": m.User} {
+		if value != "" {
+			query.Set(key, value)
+		}
+	}
+	if m.StartSlot != 0 {
+		query.Set("start_slot", strconv.FormatInt(m.StartSlot, 10))
+	}
+	if m.EndSlot != 0 {
+		query.Set("end_slot", strconv.FormatInt(m.EndSlot, 10))
+	}
+	target := s.leaderURL(addr, "/v1/monitor/"+url.PathEscape(m.Monitor)+"?"+query.Encode())
+	ctx, cancel := context.WithTimeout(ctx, frameTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	if err != nil {
+		return errorFrame(err)
+	}
+	req.Header.Set(forwardedHeader, s.cfg.NodeID)
+	resp, err := s.client.Do(req)
+	if err != nil {
+		e := newError(http.StatusServiceUnavailable, CodeLeaderUnreach, fmt.Sprintf("fetching monitor data from the leader at %s failed: %v", addr, err))
+		e.Leader = addr
+		return errorFrame(e)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxFrame+1))
+	if err != nil {
+		return errorFrame(err)
+	}
+	if len(body) > MaxFrame {
+		return errorFrame(errMonitorTooLarge)
+	}
+	return bytes.TrimSpace(body)
+}
+
+// errMonitorTooLarge is sent when monitor data would not fit in one frame.
+var errMonitorTooLarge = newError(http.StatusRequestEntityTooLarge, CodeTooLarge,
+	"monitor data does not fit in one frame; narrow start_slot, end_slot, service or user")

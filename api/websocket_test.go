@@ -831,3 +831,25 @@ func TestWebSocketReplyIsOneUnfragmentedFrame(t *testing.T) {
 		t.Errorf("waiting for an unprompted frame failed with %v, want the %v deadline to pass", err, quietPeriod)
 	}
 }
+
+func TestWebSocketMonitorFrameOnFollower(t *testing.T) {
+	monitor := &fakeMonitor{data: map[int64]any{7: []string{"edge-1"}}}
+	pair := newForwardingPairWith(t, func(cfg *Config) { cfg.Monitor = monitor })
+	server := serveNode(t, pair.follower)
+	conn := dialSocket(t, socketURL(server), nil)
+
+	frame := exchangeFrame(t, conn, `{"monitor":"reported","start_slot":7,"end_slot":9,"user":"alice"}`)
+
+	if want := `{"7":["edge-1"]}`; string(frame) != want {
+		t.Errorf("monitor reply through the follower is %s, want %s", frame, want)
+	}
+	exchange := pair.onlyExchange(t)
+	if exchange.Method != http.MethodGet || !strings.HasPrefix(exchange.RequestURI, "/v1/monitor/reported?") {
+		t.Errorf("leader received %s %s, want GET /v1/monitor/reported?...", exchange.Method, exchange.RequestURI)
+	}
+	queries := monitor.received()
+	want := quota.MonitorQuery{Subject: quota.SubjectReported, Start: 7, End: 9, User: "alice"}
+	if len(queries) != 1 || queries[0] != want {
+		t.Errorf("leader's Monitor received %+v, want [%+v]", queries, want)
+	}
+}
