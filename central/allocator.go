@@ -320,3 +320,8 @@ func (a *allocator) noteOffset(node string, offset int64) {
 	a.log.Warn("edge node clock is off by whole seconds; its slots are mapped onto the central's",
 		slog.String("node_id", node), slog.Int64("offset_seconds", offset), slog.Int64("previous_offset_seconds", previous))
 }
+
+// running reports whether the quota engine runs on this central.
+func (a *allocator) running() bool {
+	return a.engine.Load() != nil
+}

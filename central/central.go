@@ -171,7 +171,7 @@ func Start(cfg Config) (*Central, error) {
 		alloc:    alloc,
 		listener: listener,
 		httpAddr: httpAddr,
-		ready:    &readiness{node: node},
+		ready:    &readiness{node: node, allocating: alloc.running},
 		fatal:    make(chan error, 1),
 	}
 	c.api, err = api.New(api.Config{

@@ -10,11 +10,14 @@ import (
 )
 
 // readiness decides /readyz: a leader is known, this node has heard from it
-// (or is it), and the FSM has applied every entry that this node's log held
-// when it first saw a leader. A restarted node therefore reports not ready
+// (or is it, with its quota engine running), and the FSM has applied every
+// entry that this node's log held when it first saw a leader. A restarted node therefore reports not ready
 // until it has replayed its own log and caught up to that point.
 type readiness struct {
 	node raftView
+	// allocating reports whether the quota engine runs; a leader is ready
+	// only once it does. Nil skips the check.
+	allocating func() bool
 
 	mu     sync.Mutex
 	target uint64
@@ -38,6 +41,9 @@ func (r *readiness) check() (bool, string) {
 	}
 	if stats.State != raft.Leader && stats.LastContact == raftnode.NoContact {
 		return false, "the leader has not contacted this node yet"
+	}
+	if stats.State == raft.Leader && r.allocating != nil && !r.allocating() {
+		return false, "this central is the leader and is starting its quota engine"
 	}
 
 	r.mu.Lock()

@@ -58,3 +58,16 @@ func TestReadinessOnLeaderNeedsNoContact(t *testing.T) {
 		t.Errorf("leader not ready: %s", reason)
 	}
 }
+
+func TestReadinessLeaderWaitsForQuotaEngine(t *testing.T) {
+	node := &fakeRaft{leader: "c1", stats: raftnode.Stats{State: raft.Leader, AppliedIndex: 3, CommitIndex: 3, LastLogIndex: 3}}
+	engine := false
+	r := &readiness{node: node, allocating: func() bool { return engine }}
+	if ready, reason := r.check(); ready || !strings.Contains(reason, "quota engine") {
+		t.Errorf("leader without a quota engine: ready %v (%s), want not ready naming the engine", ready, reason)
+	}
+	engine = true
+	if ready, reason := r.check(); !ready {
+		t.Errorf("leader with its quota engine: not ready: %s", reason)
+	}
+}
