@@ -20,6 +20,7 @@ import (
 
 	"github.com/throttlecentral/throttle-central/central"
 	"github.com/throttlecentral/throttle-central/quota"
+	"github.com/throttlecentral/throttle-central/raftnode"
 )
 
 func main() {
@@ -41,6 +42,9 @@ type options struct {
 	tlsSkipVerify bool
 	accessKeys    string
 	profiling     bool
+	raftHeartbeat time.Duration
+	raftElection  time.Duration
+	raftSnapshot  uint64
 	allocation    string
 	historySlots  int
 	logLevel      string
@@ -64,6 +68,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	flags.StringVar(&o.tlsCA, "tls-ca", "", "PEM CA bundle that verifies other centrals' certificates when forwarding or joining (default: the system roots)")
 	flags.BoolVar(&o.tlsSkipVerify, "tls-skip-verify", false, "do not verify other centrals' certificates; for self-signed test set-ups only")
 	flags.StringVar(&o.accessKeys, "access-keys-file", "", "file of SigV4 key pairs, one \"ACCESS_KEY SECRET\" per line; when set, report WebSockets must be presigned with one of them")
+	flags.DurationVar(&o.raftHeartbeat, "raft-heartbeat-timeout", 0, "how long a follower waits without hearing from the leader before it starts an election (default 1s, as hashicorp/raft); lower means faster failover and more elections on a busy machine")
+	flags.DurationVar(&o.raftElection, "raft-election-timeout", 0, "how long a candidate waits for an election to finish, at least the heartbeat timeout (default 1s)")
+	flags.Uint64Var(&o.raftSnapshot, "raft-snapshot-threshold", 0, "Raft log entries between snapshots (default 8192)")
 	flags.BoolVar(&o.profiling, "debug-pprof", false, "serve Go runtime profiles under /debug/pprof/ on the HTTP listener; they expose internals, so keep it off in production")
 	flags.StringVar(&o.allocation, "allocation", string(quota.DefaultMode), "how the leader splits each user's bucket among edge nodes: reserve (grants set aside and settled, close to the limit every second) or classic (the original central's rule)")
 	flags.IntVar(&o.historySlots, "history-slots", quota.DefaultHistorySlots, "how many seconds of reports and quotas the leader keeps for the monitor API; memory grows with it")
@@ -95,6 +102,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("--bootstrap and --join exclude each other: bootstrap only the first central of a new cluster, and start every other central, or one that comes back without its data, with --join")
 	case (o.tlsCert == "") != (o.tlsKey == ""):
 		return o, errors.New("--tls-cert and --tls-key go together; set both or neither")
+	case o.raftHeartbeat < 0 || o.raftElection < 0:
+		return o, errors.New("--raft-heartbeat-timeout and --raft-election-timeout must not be negative")
+	case o.raftHeartbeat > 0 && o.raftElection > 0 && o.raftElection < o.raftHeartbeat:
+		return o, fmt.Errorf("--raft-election-timeout %v is below --raft-heartbeat-timeout %v; it must be at least as long", o.raftElection, o.raftHeartbeat)
 	case o.historySlots < 1:
 		return o, fmt.Errorf("--history-slots %d must be at least 1", o.historySlots)
 	}
@@ -186,6 +197,7 @@ func run(args []string, stderr io.Writer) int {
 		TLS:           central.TLSConfig{CertFile: o.tlsCert, KeyFile: o.tlsKey, CAFile: o.tlsCA, SkipPeerVerify: o.tlsSkipVerify},
 		AccessKeys:    keys,
 		Profiling:     o.profiling,
+		Raft:          o.raftConfig(),
 		HistorySlots:  o.historySlots,
 		Logger:        logger,
 	})
@@ -211,4 +223,23 @@ func run(args []string, stderr io.Writer) int {
 		code = 1
 	}
 	return code
+}
+
+// raftConfig turns the Raft flags into timing; zero keeps hashicorp/raft's
+// defaults. A shorter heartbeat timeout also shortens the election timeout
+// (unless set) and the leader lease to half of it, which hashicorp/raft
+// requires to be at most the heartbeat timeout.
+func (o options) raftConfig() raftnode.Config {
+	cfg := raftnode.Config{
+		HeartbeatTimeout:  o.raftHeartbeat,
+		ElectionTimeout:   o.raftElection,
+		SnapshotThreshold: o.raftSnapshot,
+	}
+	if o.raftHeartbeat > 0 {
+		if cfg.ElectionTimeout == 0 {
+			cfg.ElectionTimeout = o.raftHeartbeat
+		}
+		cfg.LeaderLeaseTimeout = o.raftHeartbeat / 2
+	}
+	return cfg
 }

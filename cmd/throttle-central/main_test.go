@@ -6,6 +6,7 @@ import (
 	"flag"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseFlagsRequiresNodeIDAndDataDir(t *testing.T) {
@@ -20,6 +21,7 @@ func TestParseFlagsRequiresNodeIDAndDataDir(t *testing.T) {
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--allocation", "fair"}, `--allocation: invalid input: allocation mode "fair"`},
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--history-slots", "0"}, "--history-slots 0"},
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--bootstrap", "--join", "a:1"}, "--bootstrap and --join exclude each other"},
+		{[]string{"--node-id", "c1", "--data-dir", "d", "--raft-heartbeat-timeout", "1s", "--raft-election-timeout", "500ms"}, "--raft-election-timeout 500ms is below"},
 	} {
 		_, err := parseFlags(tc.args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -107,5 +109,16 @@ func TestSplitList(t *testing.T) {
 	got := splitList(" a:1, ,b:2 ,")
 	if len(got) != 2 || got[0] != "a:1" || got[1] != "b:2" {
 		t.Errorf("splitList = %q", got)
+	}
+}
+
+func TestRaftConfigShortHeartbeat(t *testing.T) {
+	o := options{raftHeartbeat: 200 * time.Millisecond}
+	cfg := o.raftConfig()
+	if cfg.ElectionTimeout != 200*time.Millisecond || cfg.LeaderLeaseTimeout != 100*time.Millisecond {
+		t.Errorf("heartbeat 200ms gives election %v and lease %v, want 200ms and 100ms", cfg.ElectionTimeout, cfg.LeaderLeaseTimeout)
+	}
+	if got := (options{}).raftConfig(); got.HeartbeatTimeout != 0 || got.LeaderLeaseTimeout != 0 {
+		t.Errorf("no flags should keep the defaults, got %+v", got)
 	}
 }
