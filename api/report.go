@@ -207,6 +207,9 @@ func outcomeOf(err error) string {
 // slot, the clock offset and the leader's ID.
 func EncodeReply(r *protocol.Report, reply ReportReply, leader string) []byte {
 	slot := strconv.FormatInt(reply.NodeSlot, 10)
+	if r.Version != ReportVersion2 {
+		return appendLuaReply(make([]byte, 0, 64+128*countEntries(reply.Quotas)), slot, reply.Quotas)
+	}
 	byService := make(map[string]map[string]protocol.Quotas, len(reply.Quotas))
 	for service, quotas := range reply.Quotas {
 		byService[service] = map[string]protocol.Quotas{slot: quotas}
@@ -236,4 +239,14 @@ func EncodeReply(r *protocol.Report, reply ReportReply, leader string) []byte {
 func (s *Server) leaderIsSelf() bool {
 	id, _ := s.cfg.Cluster.Leader()
 	return id == s.cfg.NodeID
+}
+
+// countEntries returns how many (service, user) entries quotas holds, to
+// size the reply buffer.
+func countEntries(quotas map[string]protocol.Quotas) int {
+	n := 0
+	for _, users := range quotas {
+		n += len(users)
+	}
+	return n
 }

@@ -1,0 +1,137 @@
+package api
+
+import (
+	"math"
+	"slices"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/throttlecentral/throttle-central/protocol"
+)
+
+// appendLuaReply appends {"<service>": {"<slot>": {"<user>": {"<resource>":
+// quota}}}} to buf, byte for byte what encoding/json writes for the same
+// maps (sorted keys, the same escaping and number format), without
+// reflection: the leader encodes one such reply per report.
+func appendLuaReply(buf []byte, slot string, quotas map[string]protocol.Quotas) []byte {
+	buf = append(buf, '{')
+	for i, service := range sortedKeys(quotas) {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = appendJSONString(buf, service)
+		buf = append(buf, ":{"...)
+		buf = appendJSONString(buf, slot)
+		buf = append(buf, ":{"...)
+		users := quotas[service]
+		for j, user := range sortedKeys(users) {
+			if j > 0 {
+				buf = append(buf, ',')
+			}
+			buf = appendJSONString(buf, user)
+			buf = append(buf, ":{"...)
+			resources := users[user]
+			var small [8]string
+			for k, resource := range sortedKeysInto(small[:0], resources) {
+				if k > 0 {
+					buf = append(buf, ',')
+				}
+				buf = appendJSONString(buf, resource)
+				buf = append(buf, ':')
+				buf = appendJSONFloat(buf, resources[resource])
+			}
+			buf = append(buf, '}')
+		}
+		buf = append(buf, "}}"...)
+	}
+	return append(buf, '}')
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	return sortedKeysInto(make([]string, 0, len(m)), m)
+}
+
+// sortedKeysInto is sortedKeys with the caller's buffer, so a user's few
+// resources are sorted without allocating.
+func sortedKeysInto[V any](keys []string, m map[string]V) []string {
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// appendJSONFloat formats f as encoding/json does: the shortest
+// representation, in exponent form only below 1e-6 or from 1e21 on.
+// Quotas are always finite.
+func appendJSONFloat(buf []byte, f float64) []byte {
+	format := byte('f')
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	buf = strconv.AppendFloat(buf, f, format, -1, 64)
+	if format == 'e' {
+		// Turn e-07 into e-7, as encoding/json does.
+		n := len(buf)
+		if n >= 4 && buf[n-4] == 'e' && buf[n-3] == '-' && buf[n-2] == '0' {
+			buf[n-2] = buf[n-1]
+			buf = buf[:n-1]
+		}
+	}
+	return buf
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString quotes s as encoding/json does, HTML escaping included.
+func appendJSONString(buf []byte, s string) []byte {
+	buf = append(buf, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			buf = append(buf, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				buf = append(buf, '\\', c)
+			case '\n':
+				buf = append(buf, '\\', 'n')
+			case '\r':
+				buf = append(buf, '\\', 'r')
+			case '\t':
+				buf = append(buf, '\\', 't')
+			case '\b':
+				buf = append(buf, '\\', 'b')
+			case '\f':
+				buf = append(buf, '\\', 'f')
+			default:
+				buf = append(buf, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			buf = append(buf, s[start:i]...)
+			buf = append(buf, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			buf = append(buf, s[start:i]...)
+			buf = append(buf, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	buf = append(buf, s[start:]...)
+	return append(buf, '"')
+}

@@ -1,0 +1,86 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"math/rand/v2"
+	"strconv"
+	"testing"
+
+	"github.com/throttlecentral/throttle-central/protocol"
+)
+
+// marshalLuaReply is the reference: what encoding/json writes.
+func marshalLuaReply(t testing.TB, slot string, quotas map[string]protocol.Quotas) []byte {
+	t.Helper()
+	byService := make(map[string]map[string]protocol.Quotas, len(quotas))
+	for service, q := range quotas {
+		byService[service] = map[string]protocol.Quotas{slot: q}
+	}
+	data, err := json.Marshal(byService)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func TestLuaReplyMatchesEncodingJSON(t *testing.T) {
+	names := []string{"alice", "a\"b", `c\d`, "<tag>&", "ü", "日本", "x\u2028y", "tab\there", "\x01", "bad\xffutf8", ""}
+	floats := []float64{0, 1, 0.5, 1048576, 1.2345678901234e+14, 1e21, 1e-7, 123456789.125, 3e-300, math.MaxFloat64, 53.333333333333336, -0}
+	quotas := map[string]protocol.Quotas{}
+	for i, service := range names[:4] {
+		users := protocol.Quotas{}
+		for j, user := range names {
+			resources := map[string]float64{}
+			for k, resource := range names[:3] {
+				resources[resource+strconv.Itoa(k)] = floats[(i+j+k)%len(floats)]
+			}
+			users[user] = resources
+		}
+		quotas[service] = users
+	}
+	quotas["empty"] = protocol.Quotas{}
+	got := appendLuaReply(nil, "1796411857", quotas)
+	want := marshalLuaReply(t, "1796411857", quotas)
+	if !bytes.Equal(got, want) {
+		t.Errorf("encoded reply differs from encoding/json:\n got %s\nwant %s", got, want)
+	}
+	if got := appendLuaReply(nil, "5", nil); string(got) != "{}" {
+		t.Errorf("no services encode as %s, want {}", got)
+	}
+}
+
+func TestLuaReplyRandomFloats(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 20000; i++ {
+		f := math.Float64frombits(rng.Uint64())
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			continue
+		}
+		quotas := map[string]protocol.Quotas{"s": {"u": {"r": f}}}
+		got := appendLuaReply(nil, "1", quotas)
+		want := marshalLuaReply(t, "1", quotas)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("float %v (bits %x) encodes as %s, encoding/json writes %s", f, math.Float64bits(f), got, want)
+		}
+	}
+}
+
+func BenchmarkEncodeLuaReply(b *testing.B) {
+	users := protocol.Quotas{}
+	for u := 0; u < 1000; u++ {
+		users["user-"+strconv.Itoa(u)] = map[string]float64{"traffic_up": 1048576.5, "traffic_down": 2e6, "database_read": 51200, "database_write": 10}
+	}
+	quotas := map[string]protocol.Quotas{"front": users}
+	b.Run("reflection-free", func(b *testing.B) {
+		for b.Loop() {
+			appendLuaReply(nil, "1796411857", quotas)
+		}
+	})
+	b.Run("encoding-json", func(b *testing.B) {
+		for b.Loop() {
+			marshalLuaReply(b, "1796411857", quotas)
+		}
+	})
+}
