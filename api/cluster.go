@@ -117,7 +117,7 @@ type ServerStatus struct {
 	Leader   bool   `json:"leader"`
 }
 
-// ClusterStatus is the body of GET /v1/cluster, as this node sees it.
+// ClusterStatus is the body of GET /v1/cluster, from this node's view.
 type ClusterStatus struct {
 	NodeID       string         `json:"node_id"`
 	State        string         `json:"state"`

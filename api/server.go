@@ -1,6 +1,6 @@
 // Package api is the HTTP API of a central, built on Echo v4: limits,
 // cluster membership, health and metrics. Writes sent to a follower are
-// forwarded to the leader and its answer relayed. All errors leave through
+// forwarded to the leader and its response relayed. All errors leave through
 // one error handler in one JSON shape.
 //
 // The package holds no business logic: it validates input, stamps time

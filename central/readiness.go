@@ -24,7 +24,7 @@ type readiness struct {
 	armed  bool
 }
 
-// raftView is what readiness reads of the Raft node.
+// raftView is the part of the Raft node that readiness reads.
 type raftView interface {
 	Leader() (id, addr string)
 	Stats() (raftnode.Stats, error)

@@ -25,7 +25,7 @@ func (c Counts) Add(service, user, resource string, amount float64) {
 	resources[resource] += amount
 }
 
-// Report is what an edge node sends once a slot. Slot is the slot in which
+// Report is the message an edge node sends once a slot. Slot is the slot in which
 // the node sends; Consumption and Rejection hold the totals of Slot-1.
 // Rejection counts rejected requests, attributed to the resource that was
 // exhausted, so its unit is requests, not the resource's unit.
