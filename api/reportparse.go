@@ -78,6 +78,9 @@ func parseReport(data []byte) (*protocol.Report, bool) {
 type reportParser struct {
 	data []byte
 	pos  int
+	// names holds the service and resource names seen in this report, so
+	// the thousand users that name the same resources share one string.
+	names map[string]string
 }
 
 func (p *reportParser) space() {
@@ -103,22 +106,46 @@ func (p *reportParser) consume(c byte) bool {
 
 // str reads a string without escapes.
 func (p *reportParser) str() (string, bool) {
-	if !p.consume('"') {
+	raw, ok := p.rawStr()
+	return string(raw), ok
+}
+
+// name reads a string like str, reusing the string of an equal name read
+// before in this report.
+func (p *reportParser) name() (string, bool) {
+	raw, ok := p.rawStr()
+	if !ok {
 		return "", false
+	}
+	if s, seen := p.names[string(raw)]; seen {
+		return s, true
+	}
+	if p.names == nil {
+		p.names = make(map[string]string, 8)
+	}
+	s := string(raw)
+	p.names[s] = s
+	return s, true
+}
+
+// rawStr reads a string without escapes and returns its bytes.
+func (p *reportParser) rawStr() ([]byte, bool) {
+	if !p.consume('"') {
+		return nil, false
 	}
 	start := p.pos
 	for p.pos < len(p.data) {
 		switch c := p.data[p.pos]; {
 		case c == '"':
-			s := string(p.data[start:p.pos])
+			raw := p.data[start:p.pos]
 			p.pos++
-			return s, true
+			return raw, true
 		case c == '\\' || c < 0x20:
-			return "", false
+			return nil, false
 		}
 		p.pos++
 	}
-	return "", false
+	return nil, false
 }
 
 // numberText returns the bytes of a JSON number.
@@ -194,8 +221,9 @@ func validJSONNumber(b []byte) bool {
 	return i == len(b)
 }
 
-// object reads an object whose values are read by value.
-func (p *reportParser) object(value func(key string) bool) bool {
+// object reads an object whose values are read by value. Keys are read
+// with name when shared is set.
+func (p *reportParser) object(shared bool, value func(key string) bool) bool {
 	if !p.consume('{') {
 		return false
 	}
@@ -206,7 +234,11 @@ func (p *reportParser) object(value func(key string) bool) bool {
 		if !first && !p.consume(',') {
 			return false
 		}
-		key, ok := p.str()
+		read := p.str
+		if shared {
+			read = p.name
+		}
+		key, ok := read()
 		if !ok || !p.consume(':') || !value(key) {
 			return false
 		}
@@ -215,13 +247,13 @@ func (p *reportParser) object(value func(key string) bool) bool {
 
 func (p *reportParser) counts() (protocol.Counts, bool) {
 	counts := protocol.Counts{}
-	ok := p.object(func(service string) bool {
+	ok := p.object(true, func(service string) bool {
 		users := map[string]map[string]float64{}
 		counts[service] = users
-		return p.object(func(user string) bool {
+		return p.object(false, func(user string) bool {
 			resources := make(map[string]float64, 4)
 			users[user] = resources
-			return p.object(func(resource string) bool {
+			return p.object(true, func(resource string) bool {
 				v, ok := p.number()
 				resources[resource] = v
 				return ok
