@@ -252,6 +252,7 @@ func (w *assignWorker) assignUser(u *userState) bool {
 	w.members = w.members[:0]
 	for _, un := range u.nodes {
 		if w.isAlive(un.node) && un.slot > slot-1-Window {
+			un.grow(len(u.resources))
 			w.members = append(w.members, un)
 		}
 	}
@@ -301,7 +302,6 @@ func (w *assignWorker) assignUser(u *userState) bool {
 	for j, i := range u.limitedIdx {
 		r := u.resources[i]
 		for m, un := range w.members {
-			un.grow(len(u.resources))
 			cands[m] = candidate{
 				slot:          un.slot,
 				consumption:   un.consumption[i],
