@@ -170,35 +170,66 @@ func outcome(reply ReportReply) string {
 // error. Any other response is an error, so the socket is closed and the
 // client tries another central.
 func (s *Server) forwardReport(ctx context.Context, data []byte) ([]byte, error) {
-	addr := s.leaderHTTPAddr()
-	if addr == "" {
-		return nil, errors.New("no leader is known")
-	}
-	ctx, cancel := context.WithTimeout(ctx, frameTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.leaderURL(addr, "/v1/report"), bytes.NewReader(data))
-	if err != nil {
+	status, body, addr, err := s.callLeader(ctx, http.MethodPost, "/v1/report", data, func(h http.Header) {
+		h.Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
+		h.Set(frameReplyHeader, "1")
+	})
+	if errors.Is(err, errNoLeaderKnown) {
 		return nil, err
 	}
-	req.Header.Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
-	req.Header.Set(forwardedHeader, s.cfg.NodeID)
-	req.Header.Set(frameReplyHeader, "1")
-	resp, err := s.client.Do(req)
-	if err != nil {
+	var unreachable *leaderUnreachableError
+	if errors.As(err, &unreachable) {
 		return nil, fmt.Errorf("leader at %s unreachable", addr)
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxFrame+1))
 	// A 4xx is the leader's verdict on the report itself and goes back to
-	// the node as an error frame; anything else means no leader answered.
-	answered := resp.StatusCode == http.StatusOK || (resp.StatusCode >= 400 && resp.StatusCode < 500)
+	// the node as an error frame. Anything else means no leader answered.
+	answered := status == http.StatusOK || (status >= 400 && status < 500)
 	switch {
 	case err != nil || !answered:
-		return nil, fmt.Errorf("leader at %s responded with HTTP %d", addr, resp.StatusCode)
+		return nil, fmt.Errorf("leader at %s responded with HTTP %d", addr, status)
 	case len(body) > MaxFrame:
 		return nil, fmt.Errorf("leader at %s sent a reply larger than %d bytes", addr, MaxFrame)
 	}
 	return body, nil
+}
+
+// errNoLeaderKnown is returned by callLeader when no leader address is known.
+var errNoLeaderKnown = errors.New("no leader is known")
+
+// leaderUnreachableError is a request to the leader that failed before any
+// response arrived.
+type leaderUnreachableError struct{ err error }
+
+func (e *leaderUnreachableError) Error() string { return e.err.Error() }
+func (e *leaderUnreachableError) Unwrap() error { return e.err }
+
+// callLeader sends a request for a WebSocket frame to the leader, marked as
+// forwarded by this central and bounded by frameTimeout, and returns the
+// status, at most MaxFrame+1 bytes of the body, and the leader's address.
+// setHeaders, when not nil, adds request headers.
+func (s *Server) callLeader(ctx context.Context, method, path string, body []byte, setHeaders func(http.Header)) (int, []byte, string, error) {
+	addr := s.leaderHTTPAddr()
+	if addr == "" {
+		return 0, nil, "", errNoLeaderKnown
+	}
+	ctx, cancel := context.WithTimeout(ctx, frameTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, s.leaderURL(addr, path), bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, addr, err
+	}
+	req.Header.Set(forwardedHeader, s.cfg.NodeID)
+	if setHeaders != nil {
+		setHeaders(req.Header)
+	}
+
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return 0, nil, addr, &leaderUnreachableError{err}
+	}
+	defer resp.Body.Close()
+	reply, err := io.ReadAll(io.LimitReader(resp.Body, MaxFrame+1))
+	return resp.StatusCode, reply, addr, err
 }
 
 // monitorReply answers a monitor frame from the leader's history; a
@@ -294,9 +325,8 @@ func (s *Server) fitFrame(r *protocol.Report, reply ReportReply) []byte {
 // forwardMonitor fetches monitor data from the leader for a frame that
 // reached a follower, and returns the leader's JSON, error or not.
 func (s *Server) forwardMonitor(ctx context.Context, m monitorFrame) []byte {
-	addr := s.leaderHTTPAddr()
-	if addr == "" || s.leaderIsSelf() {
-		return errorFrame(newError(http.StatusServiceUnavailable, CodeNoLeader, "no leader with monitor data is known; retry after an election"))
+	if s.leaderIsSelf() {
+		return errorFrame(errNoMonitorLeader)
 	}
 	query := url.Values{}
 	for key, value := range map[string]string{"service": m.Service, "user": m.User} {
@@ -310,30 +340,27 @@ func (s *Server) forwardMonitor(ctx context.Context, m monitorFrame) []byte {
 	if m.EndSlot != 0 {
 		query.Set("end_slot", strconv.FormatInt(m.EndSlot, 10))
 	}
-	target := s.leaderURL(addr, "/v1/monitor/"+url.PathEscape(m.Monitor)+"?"+query.Encode())
-	ctx, cancel := context.WithTimeout(ctx, frameTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
-	if err != nil {
-		return errorFrame(err)
-	}
-	req.Header.Set(forwardedHeader, s.cfg.NodeID)
-	resp, err := s.client.Do(req)
-	if err != nil {
-		e := newError(http.StatusServiceUnavailable, CodeLeaderUnreach, fmt.Sprintf("fetching monitor data from the leader at %s failed: %v", addr, err))
+	path := "/v1/monitor/" + url.PathEscape(m.Monitor) + "?" + query.Encode()
+	_, body, addr, err := s.callLeader(ctx, http.MethodGet, path, nil, nil)
+	var unreachable *leaderUnreachableError
+	switch {
+	case errors.Is(err, errNoLeaderKnown):
+		return errorFrame(errNoMonitorLeader)
+	case errors.As(err, &unreachable):
+		e := newError(http.StatusServiceUnavailable, CodeLeaderUnreach, fmt.Sprintf("fetching monitor data from the leader at %s failed: %v", addr, unreachable.err))
 		e.Leader = addr
 		return errorFrame(e)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxFrame+1))
-	if err != nil {
+	case err != nil:
 		return errorFrame(err)
-	}
-	if len(body) > MaxFrame {
+	case len(body) > MaxFrame:
 		return errorFrame(errMonitorTooLarge)
 	}
 	return bytes.TrimSpace(body)
 }
+
+// errNoMonitorLeader is sent for a monitor frame when no other central is
+// known to lead.
+var errNoMonitorLeader = newError(http.StatusServiceUnavailable, CodeNoLeader, "no leader with monitor data is known; retry after an election")
 
 // errMonitorTooLarge is sent when monitor data would not fit in one frame.
 var errMonitorTooLarge = newError(http.StatusRequestEntityTooLarge, CodeTooLarge,
