@@ -11,7 +11,7 @@ import (
 )
 
 // forwardedHeader marks a request a follower forwarded to the leader, with
-// the follower's node ID. A node that is not the leader answers such a
+// the follower's node ID. A node that is not the leader responds to such a
 // request with 503 instead of forwarding it again, so a leadership change
 // in flight cannot make requests bounce between followers.
 const forwardedHeader = "X-Throttle-Forwarded-By"
@@ -31,7 +31,7 @@ func (s *Server) leaderHTTPAddr() string {
 	return server.HTTPAddr
 }
 
-// forward sends the request to the leader and relays its answer: status,
+// forward sends the request to the leader and relays its response: status,
 // Content-Type and body. body is the request body already read, or nil.
 func (s *Server) forward(c echo.Context, body []byte) error {
 	req := c.Request()
@@ -75,7 +75,7 @@ func (s *Server) forward(c echo.Context, body []byte) error {
 	}
 	c.Response().WriteHeader(resp.StatusCode)
 	if _, err := io.Copy(c.Response(), resp.Body); err != nil {
-		s.log.Warn("relaying the leader's answer failed", slog.String("leader", addr), slog.Any("error", err))
+		s.log.Warn("relaying the leader's response failed", slog.String("leader", addr), slog.Any("error", err))
 	}
 	return nil
 }

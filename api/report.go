@@ -23,7 +23,7 @@ type Reporter interface {
 	Report(r *protocol.Report) (ReportReply, error)
 }
 
-// ReportReply is the answer to one report.
+// ReportReply is the response to one report.
 type ReportReply struct {
 	// NodeSlot is the slot the quotas are for, in the node's numbering:
 	// the report's slot_number + 1.
@@ -200,7 +200,7 @@ func outcomeOf(err error) string {
 	return "error"
 }
 
-// EncodeReply encodes the answer to r. A report without a version gets
+// EncodeReply encodes the response to r. A report without a version gets
 // exactly {"<service>": {"<slot>": {"<user>": {"<resource>": quota}}}}, the
 // only shape the Lua client accepts: no other top-level key, and one slot
 // key per service. A version 2 report gets the quotas with the central's
@@ -228,8 +228,8 @@ func EncodeReply(r *protocol.Report, reply ReportReply, leader string) []byte {
 	}
 	data, err := json.Marshal(out)
 	if err != nil {
-		// Quotas are finite floats and names are strings, so this cannot
-		// fail; an empty reply keeps the Lua client's old quotas.
+		// Quotas are finite floats and names are strings, so this is not
+		// expected to fail. An empty object leaves the client's old quotas.
 		return []byte("{}")
 	}
 	return data

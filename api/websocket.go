@@ -51,8 +51,8 @@ type monitorFrame struct {
 }
 
 // throttle handles GET /throttle: a WebSocket that carries one report per
-// text frame and answers each with exactly one unfragmented text frame. The
-// central never pings first. When no leader can answer, it closes the
+// text frame and replies to each with exactly one unfragmented text frame.
+// The central never pings first. When no leader responds, it closes the
 // socket, so the Lua client moves on to its next central.
 func (s *Server) throttle(c echo.Context) error {
 	req := c.Request()
@@ -110,7 +110,7 @@ func (s *Server) throttle(c echo.Context) error {
 }
 
 // handleFrame returns the reply to one frame. A non-empty closeReason means no leader
-// could answer and the socket is to be closed.
+// responded and the socket is to be closed.
 func (s *Server) handleFrame(ctx context.Context, data []byte) (reply []byte, closeReason string) {
 	start := time.Now()
 	defer func() { s.metrics.reportSeconds.WithLabelValues("websocket").Observe(time.Since(start).Seconds()) }()
@@ -182,7 +182,7 @@ func (s *Server) forwardReport(ctx context.Context, data []byte) ([]byte, error)
 		return nil, fmt.Errorf("leader at %s unreachable", addr)
 	}
 	// A 4xx is the leader's verdict on the report itself and goes back to
-	// the node as an error frame. Anything else means no leader answered.
+	// the node as an error frame. Anything else means no leader responded.
 	answered := status == http.StatusOK || (status >= 400 && status < 500)
 	switch {
 	case err != nil || !answered:

@@ -100,8 +100,8 @@ type Central struct {
 	closed  bool
 }
 
-// Start opens the Raft node, starts the API and, when Join is set, asks the
-// cluster for membership in the background.
+// Start opens the Raft node, starts the API and, when Join is set, requests
+// membership from the cluster in the background.
 func Start(cfg Config) (*Central, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

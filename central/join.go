@@ -14,7 +14,7 @@ import (
 	"github.com/throttlecentral/throttle-central/api"
 )
 
-// joinRefusedError is a join the cluster answered with a 4xx: retrying
+// joinRefusedError is a join request the cluster rejected with a 4xx: retrying
 // cannot help, the operator has to act.
 type joinRefusedError struct {
 	addr    string
@@ -26,7 +26,7 @@ func (e *joinRefusedError) Error() string {
 	return fmt.Sprintf("the cluster at %s refused to let this server join (HTTP %d): %s", e.addr, e.status, e.message)
 }
 
-// joinLoop asks the addresses in Config.Join, in turn, to add this server
+// joinLoop requests membership from the addresses in Config.Join, in turn,
 // until one succeeds, backing off between rounds. A refusal stops the loop
 // and reports a fatal error.
 func (c *Central) joinLoop(ctx context.Context, hasState bool) {

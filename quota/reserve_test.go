@@ -157,7 +157,7 @@ func TestReserveNewBucketHoldsFirstSecondUntilFirstGrant(t *testing.T) {
 	for slot := int64(100); slot < 110; slot++ {
 		mustAssign(t, e, slot, nil)
 	}
-	// Nobody reported the user: no refill yet.
+	// No node reported the user, so there is no refill yet.
 	assertLevel(t, e, "front", "u", "traffic_up", 1000)
 
 	// Consumption before the first quota was held to the edge fallback and
@@ -199,7 +199,7 @@ func TestReserveLimitLoweredCutsLevel(t *testing.T) {
 	mustIngest(t, e, report("A", 121, "front", counts("u", map[string]float64{"traffic_up": 0}), nil))
 	mustAssign(t, e, 121, nil)
 	// The raised rate refills from the next assignment on; the level is
-	// granted whole because nobody rejects.
+	// granted whole because no node rejects.
 	assertQuota(t, e, "A", 123, "front", "u", "traffic_up", 6000)
 }
 

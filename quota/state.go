@@ -129,7 +129,7 @@ type resourceState struct {
 	// while the user was rejected elsewhere, and has not been granted
 	// again; 0 <= credit <= max(level, 0).
 	credit float64
-	// refunded is what came back from unused grants since the latest
+	// refunded is the amount of unused grants returned since the latest
 	// assignment. The next assignment turns it into credit when a node
 	// rejected the user in the same reports, and into plain tokens when not.
 	refunded float64
@@ -238,7 +238,7 @@ func (r *resourceState) clamp() {
 	r.credit = math.Min(r.credit, math.Max(r.level, 0))
 }
 
-// userNode is what the engine knows about one user on one edge node.
+// userNode is the engine's state of one user on one edge node.
 type userNode struct {
 	node *nodeState
 	// slot is the slot whose counts the node's latest report about this
@@ -260,8 +260,8 @@ type userNode struct {
 	grantsFrom int64
 }
 
-// grant is what one node was granted of one user for one slot (reserve
-// mode). amounts and shares are aligned with idx, the user's resource
+// grant is the quota one node received for one user and one slot
+// (reserve mode). amounts and shares are aligned with idx, the user's resource
 // indexes that had a limit when the grant was made.
 type grant struct {
 	slot    int64

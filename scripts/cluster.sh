@@ -3,7 +3,7 @@
 #
 #   scripts/cluster.sh up       start three centrals in the background and wait for a leader
 #   scripts/cluster.sh down     stop them (SIGTERM by PID, SIGKILL after 10 s)
-#   scripts/cluster.sh status   show each central's PID and the cluster as node 1 sees it
+#   scripts/cluster.sh status   show each central's PID and the cluster view of the first central that responds
 #   scripts/cluster.sh run      start them in the foreground; Ctrl-C stops all three
 #
 # Defaults: HTTP 127.0.0.1:8081-8083, Raft 127.0.0.1:7001-7003, data under

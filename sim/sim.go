@@ -63,7 +63,7 @@ type Scenario struct {
 	// DeadFrom marks nodes that crash (stop reporting and serving) from a
 	// slot on; the key is the node index.
 	DeadFrom map[int]int
-	// Gossip tells the leader a crashed node is dead from the slot after
+	// Gossip reports to the leader that a crashed node is dead from the slot after
 	// the crash. Without it the node drops out once its reports are older
 	// than the engine's window.
 	Gossip bool
@@ -301,7 +301,7 @@ func (r *run) syncShares() {
 
 // report sends every live node's report to the leader and stores the
 // reply. While there is no leader the reports are lost, as they are when
-// no central answers.
+// no central responds.
 func (r *run) report(slot int, unix int64) {
 	for i, th := range r.nodes {
 		if r.dead(i, slot) {

@@ -1,7 +1,7 @@
 // Command throttle-load drives a throttle-central cluster with simulated
 // edge nodes: each node sends one report a second, about 50 ms into the
 // second, naming the same set of users, and the tool measures how long each
-// report takes to be answered. It can also change limits every second.
+// report takes to get a response. It can also change limits every second.
 //
 // It sends traffic only to the centrals given with --centrals, and stops by
 // itself after --duration.
@@ -89,7 +89,7 @@ func parse(args []string) (config, error) {
 	return c, nil
 }
 
-// result is what a run measured.
+// result is the measurement of one run.
 type result struct {
 	Reports      int            `json:"reports"`
 	Failed       int            `json:"failed"`
