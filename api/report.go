@@ -37,6 +37,10 @@ type ReportReply struct {
 	Duplicate bool
 	// Quotas holds every service the report named, possibly empty.
 	Quotas map[string]protocol.Quotas
+	// Shares holds, for a version 2 report only, the safe fallback of the
+	// users the report named, by service: what the node may admit per slot
+	// while it has no quota. Users without a limit are left out.
+	Shares map[string]protocol.Shares
 }
 
 // errEngineStarting is the message of a report that reaches a new leader
@@ -224,7 +228,8 @@ func EncodeReply(r *protocol.Report, reply ReportReply, leader string) []byte {
 			Leader      string                                `json:"leader"`
 			Duplicate   bool                                  `json:"duplicate,omitempty"`
 			Quotas      map[string]map[string]protocol.Quotas `json:"quotas"`
-		}{ReportVersion2, reply.NodeSlot, reply.CentralSlot, reply.Offset, leader, reply.Duplicate, byService}
+			Shares      map[string]protocol.Shares            `json:"shares,omitempty"`
+		}{ReportVersion2, reply.NodeSlot, reply.CentralSlot, reply.Offset, leader, reply.Duplicate, byService, reply.Shares}
 	}
 	data, err := json.Marshal(out)
 	if err != nil {

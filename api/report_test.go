@@ -485,6 +485,7 @@ func TestReportVersion2ExtendedReply(t *testing.T) {
 		reply.CentralSlot = r.Slot + 3
 		reply.Offset = 2
 		reply.Duplicate = true
+		reply.Shares = map[string]protocol.Shares{"front": {"alice": {"traffic_up": 512}}}
 		return reply, nil
 	}}
 	node := newReportLeader(t, reporter, nil, nil)
@@ -501,6 +502,7 @@ func TestReportVersion2ExtendedReply(t *testing.T) {
 		Leader      string                                `json:"leader"`
 		Duplicate   bool                                  `json:"duplicate"`
 		Quotas      map[string]map[string]protocol.Quotas `json:"quotas"`
+		Shares      map[string]protocol.Shares            `json:"shares"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(rec.Body.Bytes()))
 	dec.DisallowUnknownFields()
@@ -530,6 +532,9 @@ func TestReportVersion2ExtendedReply(t *testing.T) {
 	}
 	if len(reply.Quotas) != 1 || len(reply.Quotas["front"]) != 1 {
 		t.Errorf("quotas has keys other than front/1796411857: %s", rec.Body.String())
+	}
+	if got := reply.Shares["front"]["alice"]["traffic_up"]; got != 512 {
+		t.Errorf("shares.front.alice.traffic_up is %v, want 512; reply: %s", got, rec.Body.String())
 	}
 	if reports := reporter.received(); len(reports) != 1 || reports[0].Version != ReportVersion2 {
 		t.Errorf("Reporter received %+v, want one version 2 report", reports)

@@ -280,13 +280,20 @@ func (a *allocator) Report(r *protocol.Report) (api.ReportReply, error) {
 		return api.ReportReply{}, err
 	}
 	services := r.Services()
-	return api.ReportReply{
+	reply := api.ReportReply{
 		NodeSlot:    r.Slot + 1,
 		CentralSlot: local.Slot + 1,
 		Offset:      offset,
 		Duplicate:   result.Duplicate,
 		Quotas:      e.Quotas(r.NodeID, local.Slot+1, services),
-	}, nil
+	}
+	if r.Version == api.ReportVersion2 {
+		reply.Shares = make(map[string]protocol.Shares, len(services))
+		for _, service := range services {
+			reply.Shares[service] = e.Shares(service, r.Users(service))
+		}
+	}
+	return reply, nil
 }
 
 // slotOffset is the number of whole seconds to add to a node's slot to get

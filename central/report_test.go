@@ -164,3 +164,39 @@ func TestLuaReportFixturesAccepted(t *testing.T) {
 		t.Errorf("replayed %d fixture reports, want 28", count)
 	}
 }
+
+func TestVersion2ReportGetsShares(t *testing.T) {
+	nodes := startCluster(t, 1)
+	leader := nodeByID(t, nodes, waitForCluster(t, nodes))
+	if status, body := putLimit(t, leader.c.HTTPAddr(), "front", "alice", 3000); status != http.StatusOK {
+		t.Fatalf("PUT: %d %s", status, body)
+	}
+	r := protocol.Report{Version: 2, NodeID: "edge-1", Slot: time.Now().Unix(),
+		Consumption: protocol.Counts{"front": {"alice": {"traffic_up": 10}, "bob": {"traffic_up": 10}}}}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		status, body := request(t, http.MethodPost, leader.c.HTTPAddr(), "/v1/report", r)
+		if status == http.StatusOK {
+			var reply struct {
+				Shares map[string]protocol.Shares `json:"shares"`
+			}
+			if err := json.Unmarshal(body, &reply); err != nil {
+				t.Fatalf("reply %s: %v", body, err)
+			}
+			// One node has reported, so alice's share is her whole rate;
+			// bob has no limit and no share.
+			if got := reply.Shares["front"]["alice"]["traffic_up"]; got != 3000 {
+				t.Errorf("shares.front.alice.traffic_up is %v, want 3000; reply %s", got, body)
+			}
+			if _, ok := reply.Shares["front"]["bob"]; ok {
+				t.Errorf("bob has no limit but got a share; reply %s", body)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("report still answered %d after 10 s: %s", status, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+		r.Slot = time.Now().Unix()
+	}
+}

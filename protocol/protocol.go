@@ -56,6 +56,21 @@ func (r *Report) Services() []string {
 	return services
 }
 
+// Users returns the users of service that the report names in either map.
+func (r *Report) Users(service string) []string {
+	consumption, rejection := r.Consumption[service], r.Rejection[service]
+	users := make([]string, 0, len(consumption)+len(rejection))
+	for user := range consumption {
+		users = append(users, user)
+	}
+	for user := range rejection {
+		if _, named := consumption[user]; !named {
+			users = append(users, user)
+		}
+	}
+	return users
+}
+
 // Quotas holds one node's quotas of one service for one slot:
 // user -> resource -> tokens the node may let the user consume.
 type Quotas map[string]map[string]float64
