@@ -22,27 +22,52 @@ func appendLuaReply(buf []byte, slot string, quotas map[string]protocol.Quotas) 
 		buf = appendJSONString(buf, service)
 		buf = append(buf, ":{"...)
 		buf = appendJSONString(buf, slot)
+		buf = append(buf, ':')
+		buf = AppendQuotas(buf, quotas[service])
+		buf = append(buf, '}')
+	}
+	return append(buf, '}')
+}
+
+// appendEncodedLuaReply is appendLuaReply for quotas encoded ahead by
+// AppendQuotas, one object per service.
+func appendEncodedLuaReply(buf []byte, slot string, encoded map[string][]byte) []byte {
+	buf = append(buf, '{')
+	for i, service := range sortedKeys(encoded) {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = appendJSONString(buf, service)
 		buf = append(buf, ":{"...)
-		users := quotas[service]
-		for j, user := range sortedKeys(users) {
-			if j > 0 {
+		buf = appendJSONString(buf, slot)
+		buf = append(buf, ':')
+		buf = append(buf, encoded[service]...)
+		buf = append(buf, '}')
+	}
+	return append(buf, '}')
+}
+
+// AppendQuotas appends one service's quotas, {"<user>": {"<resource>":
+// quota}}, to buf as encoding/json would write them.
+func AppendQuotas(buf []byte, users protocol.Quotas) []byte {
+	buf = append(buf, '{')
+	for j, user := range sortedKeys(users) {
+		if j > 0 {
+			buf = append(buf, ',')
+		}
+		buf = appendJSONString(buf, user)
+		buf = append(buf, ":{"...)
+		resources := users[user]
+		var small [8]string
+		for k, resource := range sortedKeysInto(small[:0], resources) {
+			if k > 0 {
 				buf = append(buf, ',')
 			}
-			buf = appendJSONString(buf, user)
-			buf = append(buf, ":{"...)
-			resources := users[user]
-			var small [8]string
-			for k, resource := range sortedKeysInto(small[:0], resources) {
-				if k > 0 {
-					buf = append(buf, ',')
-				}
-				buf = appendJSONString(buf, resource)
-				buf = append(buf, ':')
-				buf = appendJSONFloat(buf, resources[resource])
-			}
-			buf = append(buf, '}')
+			buf = appendJSONString(buf, resource)
+			buf = append(buf, ':')
+			buf = appendJSONFloat(buf, resources[resource])
 		}
-		buf = append(buf, "}}"...)
+		buf = append(buf, '}')
 	}
 	return append(buf, '}')
 }

@@ -51,6 +51,41 @@ func TestLuaReplyMatchesEncodingJSON(t *testing.T) {
 	}
 }
 
+// encodeAhead encodes quotas per service as the leader does after an
+// assignment.
+func encodeAhead(quotas map[string]protocol.Quotas) map[string][]byte {
+	encoded := make(map[string][]byte, len(quotas))
+	for service, users := range quotas {
+		encoded[service] = AppendQuotas(nil, users)
+	}
+	return encoded
+}
+
+func TestReplyEncodedAheadMatchesPlain(t *testing.T) {
+	quotas := map[string]protocol.Quotas{
+		"front": {"alice": {"traffic_up": 1048576.5, "requests": 3}, "<b&b>": {"traffic_up": 1e-7}},
+		"video": {},
+	}
+	shares := map[string]protocol.Shares{"front": {"alice": {"traffic_up": 40}}}
+	for _, version := range []int{0, ReportVersion2} {
+		r := &protocol.Report{Version: version, NodeID: "edge-1", Slot: 1796411856}
+		plain := ReportReply{NodeSlot: 1796411857, CentralSlot: 1796411858, Offset: 1, Quotas: quotas, Shares: shares}
+		ahead := plain
+		ahead.Quotas, ahead.Encoded = nil, encodeAhead(quotas)
+		want := EncodeReply(r, plain, "c1")
+		if got := EncodeReply(r, ahead, "c1"); !bytes.Equal(got, want) {
+			t.Errorf("version %d: reply from quotas encoded ahead differs:\n got %s\nwant %s", version, got, want)
+		}
+		decoded, err := ahead.quotaMaps()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := marshalLuaReply(t, "1", decoded), marshalLuaReply(t, "1", quotas); !bytes.Equal(got, want) {
+			t.Errorf("quotaMaps gives %s, want %s", got, want)
+		}
+	}
+}
+
 func TestLuaReplyRandomFloats(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := 0; i < 20000; i++ {
@@ -76,6 +111,12 @@ func BenchmarkEncodeLuaReply(b *testing.B) {
 	b.Run("reflection-free", func(b *testing.B) {
 		for b.Loop() {
 			appendLuaReply(nil, "1796411857", quotas)
+		}
+	})
+	encoded := encodeAhead(quotas)
+	b.Run("encoded-ahead", func(b *testing.B) {
+		for b.Loop() {
+			appendEncodedLuaReply(nil, "1796411857", encoded)
 		}
 	})
 	b.Run("encoding-json", func(b *testing.B) {

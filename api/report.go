@@ -37,6 +37,11 @@ type ReportReply struct {
 	Duplicate bool
 	// Quotas holds every service the report named, possibly empty.
 	Quotas map[string]protocol.Quotas
+	// Encoded, when not nil, replaces Quotas: every service the report
+	// named, each with its quotas encoded ahead by AppendQuotas. The leader
+	// encodes them after each assignment, so a report's reply is mostly a
+	// copy.
+	Encoded map[string][]byte
 	// Shares holds, for a version 2 report only, the safe fallback of the
 	// users the report named, by service: what the node may admit per slot
 	// while it has no quota. Users without a limit are left out.
@@ -212,32 +217,67 @@ func outcomeOf(err error) string {
 func EncodeReply(r *protocol.Report, reply ReportReply, leader string) []byte {
 	slot := strconv.FormatInt(reply.NodeSlot, 10)
 	if r.Version != ReportVersion2 {
+		if reply.Encoded != nil {
+			return appendEncodedLuaReply(make([]byte, 0, 64+encodedSize(reply.Encoded)), slot, reply.Encoded)
+		}
 		return appendLuaReply(make([]byte, 0, 64+128*countEntries(reply.Quotas)), slot, reply.Quotas)
 	}
-	byService := make(map[string]map[string]protocol.Quotas, len(reply.Quotas))
-	for service, quotas := range reply.Quotas {
-		byService[service] = map[string]protocol.Quotas{slot: quotas}
+	var byService any
+	if reply.Encoded != nil {
+		encoded := make(map[string]map[string]json.RawMessage, len(reply.Encoded))
+		for service, quotas := range reply.Encoded {
+			encoded[service] = map[string]json.RawMessage{slot: quotas}
+		}
+		byService = encoded
+	} else {
+		plain := make(map[string]map[string]protocol.Quotas, len(reply.Quotas))
+		for service, quotas := range reply.Quotas {
+			plain[service] = map[string]protocol.Quotas{slot: quotas}
+		}
+		byService = plain
 	}
-	var out any = byService
-	if r.Version == ReportVersion2 {
-		out = struct {
-			Version     int                                   `json:"version"`
-			Slot        int64                                 `json:"slot"`
-			CentralSlot int64                                 `json:"central_slot"`
-			Offset      int64                                 `json:"offset"`
-			Leader      string                                `json:"leader"`
-			Duplicate   bool                                  `json:"duplicate,omitempty"`
-			Quotas      map[string]map[string]protocol.Quotas `json:"quotas"`
-			Shares      map[string]protocol.Shares            `json:"shares,omitempty"`
-		}{ReportVersion2, reply.NodeSlot, reply.CentralSlot, reply.Offset, leader, reply.Duplicate, byService, reply.Shares}
-	}
-	data, err := json.Marshal(out)
+	data, err := json.Marshal(struct {
+		Version     int                        `json:"version"`
+		Slot        int64                      `json:"slot"`
+		CentralSlot int64                      `json:"central_slot"`
+		Offset      int64                      `json:"offset"`
+		Leader      string                     `json:"leader"`
+		Duplicate   bool                       `json:"duplicate,omitempty"`
+		Quotas      any                        `json:"quotas"`
+		Shares      map[string]protocol.Shares `json:"shares,omitempty"`
+	}{ReportVersion2, reply.NodeSlot, reply.CentralSlot, reply.Offset, leader, reply.Duplicate, byService, reply.Shares})
 	if err != nil {
 		// Quotas are finite floats and names are strings, so this is not
 		// expected to fail. An empty object leaves the client's old quotas.
 		return []byte("{}")
 	}
 	return data
+}
+
+// quotaMaps returns the reply's quotas as maps, decoding Encoded when the
+// quotas were encoded ahead.
+func (reply ReportReply) quotaMaps() (map[string]protocol.Quotas, error) {
+	if reply.Encoded == nil {
+		return reply.Quotas, nil
+	}
+	out := make(map[string]protocol.Quotas, len(reply.Encoded))
+	for service, encoded := range reply.Encoded {
+		var quotas protocol.Quotas
+		if err := json.Unmarshal(encoded, &quotas); err != nil {
+			return nil, fmt.Errorf("quotas of service %q encoded ahead: %w", service, err)
+		}
+		out[service] = quotas
+	}
+	return out, nil
+}
+
+// encodedSize returns the bytes the encoded quotas take.
+func encodedSize(encoded map[string][]byte) int {
+	n := 0
+	for service, quotas := range encoded {
+		n += len(service) + len(quotas) + 32
+	}
+	return n
 }
 
 // leaderIsSelf reports whether Raft names this central as the leader.

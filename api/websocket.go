@@ -266,6 +266,12 @@ func (s *Server) fitFrame(r *protocol.Report, reply ReportReply) []byte {
 	if len(out) <= MaxFrame {
 		return out
 	}
+	quotas, err := reply.quotaMaps()
+	if err != nil {
+		s.log.Error("cannot trim a reply that does not fit in one WebSocket frame", slog.String("node_id", r.NodeID), slog.Any("error", err))
+		return errorFrame(err)
+	}
+	reply.Quotas, reply.Encoded = quotas, nil
 	type entry struct {
 		service, user string
 		smallest      float64

@@ -631,6 +631,27 @@ func TestWebSocketReplyTrimmedToOneFrame(t *testing.T) {
 	}
 }
 
+func TestWebSocketReplyEncodedAheadTrimmed(t *testing.T) {
+	// The leader answers from quotas encoded ahead; a reply too large for a
+	// frame is decoded and trimmed the same way.
+	all := manyUserQuotas(5000)
+	reporter := &fakeReporter{answer: func(r *protocol.Report) (ReportReply, error) {
+		reply := replyWith(r, nil)
+		reply.Encoded = encodeAhead(map[string]protocol.Quotas{"front": all})
+		return reply, nil
+	}}
+	node := newReportLeader(t, reporter, nil, nil)
+	server := serveNode(t, node)
+	conn := dialSocket(t, socketURL(server), nil)
+
+	frame := exchangeFrame(t, conn, reportFrame("edge-1", 1796411856))
+
+	wantTrimmedReply(t, frame, "1796411857", all)
+	if got := metricValue(t, node, "throttle_reply_overflow_total", nil); got != 1 {
+		t.Errorf("throttle_reply_overflow_total is %v, want 1", got)
+	}
+}
+
 func TestWebSocketForwardedReplyTrimmed(t *testing.T) {
 	all := manyUserQuotas(5000)
 	reporter := &fakeReporter{answer: func(r *protocol.Report) (ReportReply, error) {

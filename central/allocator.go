@@ -61,6 +61,7 @@ type allocator struct {
 
 	checkpointing atomic.Bool
 	metrics       *allocatorMetrics
+	replies       replyCache
 
 	// offsets holds each node's last clock offset in whole seconds, so a
 	// change is logged once instead of on every report.
@@ -188,6 +189,7 @@ func (a *allocator) stop() {
 		<-a.done
 		a.cancel = nil
 	}
+	a.replies.clear()
 }
 
 // firstSlot is the slot of the first assignment that can still run at its
@@ -230,6 +232,9 @@ func (a *allocator) loop(ctx context.Context, e *quota.Engine, slot int64) {
 		} else {
 			a.log.Debug("assigned", slog.Int64("slot", result.Slot), slog.Int("users", result.Users),
 				slog.Int("nodes", result.Nodes), slog.Int("entries", result.Entries), slog.Duration("duration", time.Since(start)))
+		}
+		if err == nil {
+			go a.replies.fill(e, result.Slot)
 		}
 		if slot%a.checkpointEvery == 0 {
 			a.checkpoint(e)
@@ -285,7 +290,9 @@ func (a *allocator) Report(r *protocol.Report) (api.ReportReply, error) {
 		CentralSlot: local.Slot + 1,
 		Offset:      offset,
 		Duplicate:   result.Duplicate,
-		Quotas:      e.Quotas(r.NodeID, local.Slot+1, services),
+	}
+	if reply.Encoded = a.replies.lookup(e, local.Slot+1, r.NodeID, services); reply.Encoded == nil {
+		reply.Quotas = e.Quotas(r.NodeID, local.Slot+1, services)
 	}
 	if r.Version == api.ReportVersion2 {
 		reply.Shares = make(map[string]protocol.Shares, len(services))

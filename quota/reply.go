@@ -15,14 +15,42 @@ func (e *Engine) Quotas(nodeID string, slot int64, services []string) map[string
 	if n == nil {
 		return out
 	}
-	q := n.quotasFor(slot)
+	addQuotas(out, n.quotasFor(slot), false)
+	return out
+}
+
+// EachNodeQuotas calls fn for every node that holds quotas for slot, with
+// all of that node's quotas by service. The central calls it after an
+// assignment to encode the replies ahead of the reports that fetch them.
+func (e *Engine) EachNodeQuotas(slot int64, fn func(nodeID string, quotas map[string]protocol.Quotas)) {
+	for _, n := range e.snapshotNodes() {
+		if n == nil {
+			continue
+		}
+		q := n.quotasFor(slot)
+		if q == nil {
+			continue
+		}
+		out := make(map[string]protocol.Quotas)
+		addQuotas(out, q, true)
+		fn(n.id, out)
+	}
+}
+
+// addQuotas adds q's entries to out: every service when all is true, else
+// only the services out already holds.
+func addQuotas(out map[string]protocol.Quotas, q *nodeQuotas, all bool) {
 	if q == nil {
-		return out
+		return
 	}
 	for _, entry := range q.entries {
 		quotas, ok := out[entry.service]
 		if !ok {
-			continue
+			if !all {
+				continue
+			}
+			quotas = protocol.Quotas{}
+			out[entry.service] = quotas
 		}
 		resources := make(map[string]float64, len(entry.resources))
 		for i, name := range entry.resources {
@@ -30,7 +58,6 @@ func (e *Engine) Quotas(nodeID string, slot int64, services []string) map[string
 		}
 		quotas[entry.user] = resources
 	}
-	return out
 }
 
 // LiveNodes returns how many live nodes the latest assignment counted, or

@@ -1,0 +1,89 @@
+package central
+
+import (
+	"sync"
+
+	"github.com/throttlecentral/throttle-central/api"
+	"github.com/throttlecentral/throttle-central/protocol"
+	"github.com/throttlecentral/throttle-central/quota"
+)
+
+// encodedSlots is how many slots of encoded quotas the cache keeps: the
+// slot being reported for, and the next one, already assigned.
+const encodedSlots = 2
+
+// replyCache holds each node's quotas of the newest assigned slots, encoded
+// per service right after the assignment. The reports that fetch them
+// arrive about half a second later, all within the same few milliseconds,
+// so encoding ahead takes that work out of the burst: answering a report
+// becomes mostly a copy. A node or slot that is not in the cache is
+// answered from the engine as before.
+type replyCache struct {
+	mu    sync.RWMutex
+	slots map[int64]*encodedSlot
+}
+
+// encodedSlot is one slot's encoded quotas, by node and service. engine is
+// the engine that assigned them, so a cache filled under an earlier
+// leadership is never used by the next one.
+type encodedSlot struct {
+	engine *quota.Engine
+	nodes  map[string]map[string][]byte
+}
+
+// emptyQuotas is the encoded quotas of a service with no entry for the node.
+var emptyQuotas = []byte("{}")
+
+// fill encodes the quotas e assigned for slot and drops older slots.
+func (c *replyCache) fill(e *quota.Engine, slot int64) {
+	nodes := make(map[string]map[string][]byte)
+	e.EachNodeQuotas(slot, func(node string, quotas map[string]protocol.Quotas) {
+		byService := make(map[string][]byte, len(quotas))
+		for service, users := range quotas {
+			byService[service] = api.AppendQuotas(make([]byte, 0, 64*len(users)+2), users)
+		}
+		nodes[node] = byService
+	})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.slots == nil {
+		c.slots = make(map[int64]*encodedSlot)
+	}
+	c.slots[slot] = &encodedSlot{engine: e, nodes: nodes}
+	for s := range c.slots {
+		if s <= slot-encodedSlots {
+			delete(c.slots, s)
+		}
+	}
+}
+
+// lookup returns the encoded quotas of node for slot, for each of services,
+// or nil when e has not encoded that node's quotas for the slot.
+func (c *replyCache) lookup(e *quota.Engine, slot int64, node string, services []string) map[string][]byte {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	encoded := c.slots[slot]
+	if encoded == nil || encoded.engine != e {
+		return nil
+	}
+	byService, ok := encoded.nodes[node]
+	if !ok {
+		return nil
+	}
+	out := make(map[string][]byte, len(services))
+	for _, service := range services {
+		if quotas, ok := byService[service]; ok {
+			out[service] = quotas
+		} else {
+			out[service] = emptyQuotas
+		}
+	}
+	return out
+}
+
+// clear drops every slot, to free the memory when leadership ends.
+func (c *replyCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.slots = nil
+}
