@@ -15,7 +15,7 @@ const encodedSlots = 2
 // replyCache holds each node's quotas of the newest assigned slots, encoded
 // per service right after the assignment. The reports that fetch them
 // arrive about half a second later, all within the same few milliseconds,
-// so encoding ahead takes that work out of the burst: answering a report
+// so encoding ahead takes that work out of the burst, and building a reply
 // becomes mostly a copy. A node or slot that is not in the cache is
 // answered from the engine as before.
 type replyCache struct {

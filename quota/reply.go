@@ -19,7 +19,7 @@ func (e *Engine) Quotas(nodeID string, slot int64, services []string) map[string
 	return out
 }
 
-// EachNodeQuotas calls fn for every node that holds quotas for slot, with
+// EachNodeQuotas calls fn for every node that has quotas for slot, with
 // all of that node's quotas by service. The central calls it after an
 // assignment to encode the replies ahead of the reports that fetch them.
 func (e *Engine) EachNodeQuotas(slot int64, fn func(nodeID string, quotas map[string]protocol.Quotas)) {
