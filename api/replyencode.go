@@ -4,9 +4,11 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/throttlecentral/throttle-central/protocol"
+	"github.com/throttlecentral/throttle-central/quota"
 )
 
 // appendLuaReply appends {"<service>": {"<slot>": {"<user>": {"<resource>":
@@ -66,6 +68,37 @@ func AppendQuotas(buf []byte, users protocol.Quotas) []byte {
 			buf = appendJSONString(buf, resource)
 			buf = append(buf, ':')
 			buf = appendJSONFloat(buf, resources[resource])
+		}
+		buf = append(buf, '}')
+	}
+	return append(buf, '}')
+}
+
+// AppendQuotaEntries appends the quotas of one service, {"<user>":
+// {"<resource>": quota}}, from the engine's entries of one node, which
+// must all be of that service and sorted by user. The output is the same
+// as AppendQuotas for the same quotas.
+func AppendQuotaEntries(buf []byte, entries []quota.QuotaEntry) []byte {
+	buf = append(buf, '{')
+	for j, entry := range entries {
+		if j > 0 {
+			buf = append(buf, ',')
+		}
+		buf = appendJSONString(buf, entry.User)
+		buf = append(buf, ":{"...)
+		var small [8]int
+		order := small[:0]
+		for k := range entry.Resources {
+			order = append(order, k)
+		}
+		slices.SortFunc(order, func(a, b int) int { return strings.Compare(entry.Resources[a], entry.Resources[b]) })
+		for k, index := range order {
+			if k > 0 {
+				buf = append(buf, ',')
+			}
+			buf = appendJSONString(buf, entry.Resources[index])
+			buf = append(buf, ':')
+			buf = appendJSONFloat(buf, entry.Amounts[index])
 		}
 		buf = append(buf, '}')
 	}

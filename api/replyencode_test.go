@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/throttlecentral/throttle-central/protocol"
+	"github.com/throttlecentral/throttle-central/quota"
 )
 
 // marshalLuaReply is the reference: what encoding/json writes.
@@ -83,6 +84,29 @@ func TestReplyEncodedAheadMatchesPlain(t *testing.T) {
 		if got, want := marshalLuaReply(t, "1", decoded), marshalLuaReply(t, "1", quotas); !bytes.Equal(got, want) {
 			t.Errorf("quotaMaps gives %s, want %s", got, want)
 		}
+	}
+}
+
+func TestQuotaEntriesMatchQuotas(t *testing.T) {
+	entries := []quota.QuotaEntry{
+		{Service: "front", User: "<b&b>", Resources: []string{"traffic_up"}, Amounts: []float64{1e-7}},
+		{Service: "front", User: "alice", Resources: []string{"traffic_up", "requests", "db"}, Amounts: []float64{1048576.5, 3, 0}},
+	}
+	quotas := protocol.Quotas{}
+	for _, entry := range entries {
+		resources := map[string]float64{}
+		for i, resource := range entry.Resources {
+			resources[resource] = entry.Amounts[i]
+		}
+		quotas[entry.User] = resources
+	}
+	got := AppendQuotaEntries(nil, entries)
+	want := AppendQuotas(nil, quotas)
+	if !bytes.Equal(got, want) {
+		t.Errorf("entries encode as %s, want %s", got, want)
+	}
+	if got := AppendQuotaEntries(nil, nil); string(got) != "{}" {
+		t.Errorf("no entries encode as %s, want {}", got)
 	}
 }
 

@@ -1,10 +1,12 @@
 package central
 
 import (
+	"cmp"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/throttlecentral/throttle-central/api"
-	"github.com/throttlecentral/throttle-central/protocol"
 	"github.com/throttlecentral/throttle-central/quota"
 )
 
@@ -37,10 +39,18 @@ var emptyQuotas = []byte("{}")
 // fill encodes the quotas e assigned for slot and drops older slots.
 func (c *replyCache) fill(e *quota.Engine, slot int64) {
 	nodes := make(map[string]map[string][]byte)
-	e.EachNodeQuotas(slot, func(node string, quotas map[string]protocol.Quotas) {
-		byService := make(map[string][]byte, len(quotas))
-		for service, users := range quotas {
-			byService[service] = api.AppendQuotas(make([]byte, 0, 64*len(users)+2), users)
+	e.EachNodeQuotas(slot, func(node string, entries []quota.QuotaEntry) {
+		slices.SortFunc(entries, func(a, b quota.QuotaEntry) int {
+			return cmp.Or(strings.Compare(a.Service, b.Service), strings.Compare(a.User, b.User))
+		})
+		byService := make(map[string][]byte)
+		for start := 0; start < len(entries); {
+			end := start + 1
+			for end < len(entries) && entries[end].Service == entries[start].Service {
+				end++
+			}
+			byService[entries[start].Service] = api.AppendQuotaEntries(make([]byte, 0, 80*(end-start)+2), entries[start:end])
+			start = end
 		}
 		nodes[node] = byService
 	})

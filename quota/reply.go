@@ -15,14 +15,25 @@ func (e *Engine) Quotas(nodeID string, slot int64, services []string) map[string
 	if n == nil {
 		return out
 	}
-	addQuotas(out, n.quotasFor(slot), false)
+	addQuotas(out, n.quotasFor(slot))
 	return out
 }
 
-// EachNodeQuotas calls fn for every node that has quotas for slot, with
-// all of that node's quotas by service. The central calls it after an
-// assignment to encode the replies ahead of the reports that fetch them.
-func (e *Engine) EachNodeQuotas(slot int64, fn func(nodeID string, quotas map[string]protocol.Quotas)) {
+// QuotaEntry is one user's quotas of one service on one node. Resources
+// and Amounts are aligned, and shared with the engine: callers must not
+// change them.
+type QuotaEntry struct {
+	Service, User string
+	Resources     []string
+	Amounts       []float64
+}
+
+// EachNodeQuotas calls fn for every node that has quotas for slot, with all
+// of that node's entries in no particular order. The central calls it
+// after an assignment to encode the replies ahead of the reports that
+// fetch them.
+func (e *Engine) EachNodeQuotas(slot int64, fn func(nodeID string, entries []QuotaEntry)) {
+	var entries []QuotaEntry
 	for _, n := range e.snapshotNodes() {
 		if n == nil {
 			continue
@@ -31,26 +42,23 @@ func (e *Engine) EachNodeQuotas(slot int64, fn func(nodeID string, quotas map[st
 		if q == nil {
 			continue
 		}
-		out := make(map[string]protocol.Quotas)
-		addQuotas(out, q, true)
-		fn(n.id, out)
+		entries = entries[:0]
+		for _, entry := range q.entries {
+			entries = append(entries, QuotaEntry{Service: entry.service, User: entry.user, Resources: entry.resources, Amounts: entry.amounts})
+		}
+		fn(n.id, entries)
 	}
 }
 
-// addQuotas adds q's entries to out: every service when all is true, else
-// only the services out already holds.
-func addQuotas(out map[string]protocol.Quotas, q *nodeQuotas, all bool) {
+// addQuotas adds the entries of q for the services already in out.
+func addQuotas(out map[string]protocol.Quotas, q *nodeQuotas) {
 	if q == nil {
 		return
 	}
 	for _, entry := range q.entries {
 		quotas, ok := out[entry.service]
 		if !ok {
-			if !all {
-				continue
-			}
-			quotas = protocol.Quotas{}
-			out[entry.service] = quotas
+			continue
 		}
 		resources := make(map[string]float64, len(entry.resources))
 		for i, name := range entry.resources {
