@@ -115,6 +115,10 @@ type ServerStatus struct {
 	HTTPAddr string `json:"http_addr,omitempty"`
 	Suffrage string `json:"suffrage"`
 	Leader   bool   `json:"leader"`
+	// Gossip is the server's gossip state in this central's view: alive,
+	// dead, left, or unknown when gossip has not seen it. It is left out
+	// when gossip is off.
+	Gossip string `json:"gossip,omitempty"`
 }
 
 // ClusterStatus is the body of GET /v1/cluster, from this node's view.
@@ -149,15 +153,29 @@ func (s *Server) clusterStatus(c echo.Context) error {
 		AppliedIndex: stats.AppliedIndex,
 		Servers:      make([]ServerStatus, 0, len(servers)),
 	}
+	var gossip map[string]string
+	if s.cfg.Members != nil {
+		gossip = make(map[string]string)
+		for _, m := range s.cfg.Members() {
+			gossip[m.NodeID] = m.State
+		}
+	}
 	for _, server := range servers {
 		meta, _ := s.cfg.State.Server(server.ID)
-		status.Servers = append(status.Servers, ServerStatus{
+		entry := ServerStatus{
 			ID:       server.ID,
 			RaftAddr: server.Address,
 			HTTPAddr: meta.HTTPAddr,
 			Suffrage: server.Suffrage,
 			Leader:   server.ID == leaderID,
-		})
+		}
+		if gossip != nil {
+			entry.Gossip = gossip[server.ID]
+			if entry.Gossip == "" {
+				entry.Gossip = "unknown"
+			}
+		}
+		status.Servers = append(status.Servers, entry)
 	}
 	return c.JSON(http.StatusOK, status)
 }

@@ -71,6 +71,9 @@ type Config struct {
 	Reports Reporter
 	// Monitor serves monitor data on the leader; nil forwards every query.
 	Monitor Monitor
+	// Members lists this central's gossip members for GET /v1/members;
+	// nil means gossip is off.
+	Members func() []Member
 	// HandshakeAuth, when set, checks every WebSocket handshake.
 	HandshakeAuth HandshakeAuth
 	// PeerTLS, when set, makes forwarding to the leader use https with
@@ -187,6 +190,7 @@ func (s *Server) routes(e *echo.Echo) {
 	v1.GET("/cluster", s.clusterStatus)
 	v1.POST("/cluster/join", s.join)
 	v1.DELETE("/cluster/servers/:id", s.removeServer)
+	v1.GET("/members", s.listMembers)
 }
 
 // Handler returns the API as an http.Handler, for tests and embedding.

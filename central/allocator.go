@@ -46,6 +46,9 @@ type allocator struct {
 	config          quota.Config
 	checkpointEvery int64
 	now             func() time.Time
+	// liveness is the gossip view of which edge nodes are live, or nil
+	// when gossip is off. It is set before Raft starts and never changed.
+	liveness quota.Liveness
 
 	// mu orders limit changes against the load of all limits into a new
 	// engine, so a change applied during the load is never overwritten by
@@ -225,7 +228,7 @@ func (a *allocator) loop(ctx context.Context, e *quota.Engine, slot int64) {
 			return
 		}
 		start := time.Now()
-		result, err := e.Assign(slot, nil)
+		result, err := e.Assign(slot, a.liveness)
 		a.metrics.observeAssign(result, err, time.Since(start))
 		if err != nil {
 			a.log.Error("assignment failed", slog.Int64("slot", slot), slog.Any("error", err))

@@ -20,6 +20,7 @@ import (
 
 	"github.com/throttlecentral/throttle-central/api"
 	"github.com/throttlecentral/throttle-central/fsm"
+	"github.com/throttlecentral/throttle-central/membership"
 	"github.com/throttlecentral/throttle-central/quota"
 	"github.com/throttlecentral/throttle-central/raftnode"
 )
@@ -65,6 +66,25 @@ type Config struct {
 	// Profiling serves Go's runtime profiles under /debug/pprof/.
 	Profiling bool
 
+	// GossipAddr is the IP:port of gossip membership (memberlist), TCP and
+	// UDP on the same port; port 0 picks a free one. Empty turns gossip
+	// off: edge nodes then count as live while they report.
+	GossipAddr string
+	// GossipAdvertise is the IP:port other members reach this central's
+	// gossip at. Empty means the bound address.
+	GossipAdvertise string
+	// GossipJoin lists gossip addresses of members to join, retried in the
+	// background until one responds.
+	GossipJoin []string
+	// GossipKey is the base64 of a 16, 24 or 32-byte key that encrypts
+	// gossip; empty means none.
+	GossipKey string
+	// Gossip holds the gossip timing (probe interval and timeout,
+	// suspicion multiplier, reclaim time and the others); zero fields keep
+	// membership's defaults. Name, Role, the addresses, Join, Key, Logger
+	// and Registerer are filled in from the fields above.
+	Gossip membership.Config
+
 	// Raft holds the Raft timing; NodeID, RaftAddr, DataDir, Bootstrap,
 	// FSM and Logger are filled in from the fields above.
 	Raft raftnode.Config
@@ -92,6 +112,8 @@ type Central struct {
 	listener net.Listener
 	httpAddr string
 	ready    *readiness
+	// gossip is this central's gossip member; nil when gossip is off.
+	gossip *membership.Pool
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -161,6 +183,14 @@ func Start(cfg Config) (*Central, error) {
 		listener.Close()
 		return nil, err
 	}
+	gossip, err := startGossip(cfg, httpAddr, node.Addr())
+	if err != nil {
+		if closeErr := node.Close(context.Background()); closeErr != nil {
+			log.Error("closing Raft after gossip failed to start", slog.Any("error", closeErr))
+		}
+		listener.Close()
+		return nil, err
+	}
 
 	alloc.node = node
 	c := &Central{
@@ -172,14 +202,17 @@ func Start(cfg Config) (*Central, error) {
 		listener: listener,
 		httpAddr: httpAddr,
 		ready:    &readiness{node: node, allocating: alloc.running},
+		gossip:   gossip,
 		fatal:    make(chan error, 1),
 	}
+	alloc.liveness = c.liveness()
 	c.api, err = api.New(api.Config{
 		NodeID:  cfg.NodeID,
 		Cluster: node,
 		State:   state,
 		Reports: alloc,
 		Monitor: alloc,
+		Members: c.memberView(),
 
 		HandshakeAuth: auth,
 		PeerTLS:       peerTLS,
@@ -189,6 +222,9 @@ func Start(cfg Config) (*Central, error) {
 		Registry:      cfg.Registry,
 	})
 	if err != nil {
+		if closeErr := c.closeGossip(context.Background()); closeErr != nil {
+			log.Error("closing gossip after the API failed to start", slog.Any("error", closeErr))
+		}
 		c.closeRaft(context.Background())
 		listener.Close()
 		return nil, err
@@ -221,6 +257,7 @@ func Start(cfg Config) (*Central, error) {
 	}
 	log.Info("central started", slog.String("http_addr", httpAddr), slog.String("raft_addr", node.Addr()),
 		slog.String("data_dir", cfg.DataDir), slog.Bool("bootstrap", cfg.Bootstrap), slog.Bool("has_state", hasState),
+		slog.String("gossip_addr", c.GossipAddr()),
 		slog.Bool("tls", serverTLS != nil), slog.Int("access_keys", len(cfg.AccessKeys)), slog.String("allocation", string(alloc.config.Mode)))
 	return c, nil
 }
@@ -298,9 +335,9 @@ func (c *Central) recordOwnAddress(ctx context.Context) {
 	c.log.Info("recorded this server's addresses", slog.String("http_addr", own.HTTPAddr), slog.String("raft_addr", own.RaftAddr))
 }
 
-// Close shuts the central down in order: stop taking requests, stop the
-// background work, hand leadership over and shut Raft down, then close the
-// stores. It is idempotent.
+// Close shuts the central down in order: stop taking requests, leave the
+// gossip pool, stop the background work, hand leadership over and shut
+// Raft down, then close the stores. It is idempotent.
 func (c *Central) Close(ctx context.Context) error {
 	c.closeMu.Lock()
 	defer c.closeMu.Unlock()
@@ -312,6 +349,9 @@ func (c *Central) Close(ctx context.Context) error {
 
 	var errs []error
 	if err := c.api.Shutdown(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.closeGossip(ctx); err != nil {
 		errs = append(errs, err)
 	}
 	c.cancel()

@@ -25,12 +25,13 @@ import (
 const (
 	nodeCount = 3
 
-	// defaultHTTPBase and defaultRaftBase are the first ports that
+	// defaultHTTPBase, defaultRaftBase and defaultGossipBase are the first ports that
 	// scripts/cluster.sh uses without overrides, as `make run` does. The
 	// test never uses them, so it cannot collide with a developer's
 	// cluster.
-	defaultHTTPBase = 8081
-	defaultRaftBase = 7001
+	defaultHTTPBase   = 8081
+	defaultRaftBase   = 7001
+	defaultGossipBase = 7946
 
 	// maxPortAttempts bounds the search for free port ranges.
 	maxPortAttempts = 20
@@ -137,17 +138,19 @@ func startCluster(t *testing.T) *cluster {
 		dataDir: t.TempDir(),
 		client:  &http.Client{Timeout: requestTimeout},
 	}
-	httpBase, raftBase := freePortBases(t)
+	httpBase, raftBase, gossipBase := freePortBases(t)
 	c.httpBase = httpBase
 	c.env = scriptEnv(map[string]string{
-		"HOST":           "127.0.0.1",
-		"HTTP_PORT_BASE": strconv.Itoa(httpBase),
-		"RAFT_PORT_BASE": strconv.Itoa(raftBase),
-		"DATA_DIR":       c.dataDir,
-		"BIN":            c.bin,
-		"WAIT_SECONDS":   "30",
+		"HOST":             "127.0.0.1",
+		"HTTP_PORT_BASE":   strconv.Itoa(httpBase),
+		"RAFT_PORT_BASE":   strconv.Itoa(raftBase),
+		"GOSSIP_PORT_BASE": strconv.Itoa(gossipBase),
+		"DATA_DIR":         c.dataDir,
+		"BIN":              c.bin,
+		"WAIT_SECONDS":     "30",
 	})
-	t.Logf("HTTP ports %d-%d, Raft ports %d-%d, data in %s", httpBase, httpBase+nodeCount-1, raftBase, raftBase+nodeCount-1, c.dataDir)
+	t.Logf("HTTP ports %d-%d, Raft ports %d-%d, gossip ports %d-%d, data in %s", httpBase, httpBase+nodeCount-1,
+		raftBase, raftBase+nodeCount-1, gossipBase, gossipBase+nodeCount-1, c.dataDir)
 
 	// Cleanups run last-registered first, so the logs are printed after
 	// the shutdown and include it. t.TempDir removes dataDir after both.
@@ -197,64 +200,78 @@ func scriptEnv(overrides map[string]string) []string {
 	return env
 }
 
-// freePortBases returns a port base for HTTP and one for Raft such that
-// base, base+1 and base+2 of each were free on 127.0.0.1 when it checked.
-// The kernel picks each base, so the ranges avoid the fixed defaults in
-// practice; a range that touches them is rejected all the same.
+// freePortBases returns a port base for HTTP, one for Raft and one for
+// gossip such that base, base+1 and base+2 of each were free on 127.0.0.1
+// when it checked, the gossip ports for UDP too. The kernel picks each
+// base, so the ranges avoid the fixed defaults in practice; a range that
+// touches them is rejected all the same.
 //
 // NOTE: the ports are released before the centrals bind them, so another
 // process can take one in between. scripts/cluster.sh up then fails, and
 // the central's log contains "address already in use".
-func freePortBases(t *testing.T) (httpBase, raftBase int) {
+func freePortBases(t *testing.T) (httpBase, raftBase, gossipBase int) {
 	t.Helper()
 	for range maxPortAttempts {
-		var listeners []net.Listener
-		httpBase, httpOK := reservePortRange(&listeners)
+		var held []io.Closer
+		httpBase, httpOK := reservePortRange(&held, false)
 		raftBase, raftOK := 0, false
 		if httpOK {
-			raftBase, raftOK = reservePortRange(&listeners)
+			raftBase, raftOK = reservePortRange(&held, false)
 		}
-		for _, l := range listeners {
+		gossipBase, gossipOK := 0, false
+		if raftOK {
+			gossipBase, gossipOK = reservePortRange(&held, true)
+		}
+		for _, l := range held {
 			l.Close()
 		}
-		if httpOK && raftOK {
-			return httpBase, raftBase
+		if gossipOK {
+			return httpBase, raftBase, gossipBase
 		}
 	}
-	t.Fatalf("found no two free ranges of %d consecutive ports on 127.0.0.1 in %d attempts", nodeCount, maxPortAttempts)
-	return 0, 0
+	t.Fatalf("found no three free ranges of %d consecutive ports on 127.0.0.1 in %d attempts", nodeCount, maxPortAttempts)
+	return 0, 0, 0
 }
 
 // reservePortRange binds a kernel-chosen port and the next nodeCount-1
-// ports on 127.0.0.1 and appends every listener to listeners, so the
-// caller can reserve a second range that cannot overlap. It returns false
-// when a port of the range is taken or belongs to a default range.
-func reservePortRange(listeners *[]net.Listener) (base int, ok bool) {
+// ports on 127.0.0.1, for UDP as well when udp is true, and appends every
+// socket to held, so the caller can reserve another range that cannot
+// overlap. It returns false when a port of the range is taken or belongs
+// to a default range.
+func reservePortRange(held *[]io.Closer, udp bool) (base int, ok bool) {
 	first, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, false
 	}
-	*listeners = append(*listeners, first)
+	*held = append(*held, first)
 	base = first.Addr().(*net.TCPAddr).Port
 	for port := base; port < base+nodeCount; port++ {
 		if port > 65535 || inDefaultRange(port) {
 			return 0, false
 		}
-		if port == base {
-			continue
+		address := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		if port != base {
+			l, err := net.Listen("tcp", address)
+			if err != nil {
+				return 0, false
+			}
+			*held = append(*held, l)
 		}
-		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err != nil {
-			return 0, false
+		if udp {
+			conn, err := net.ListenPacket("udp", address)
+			if err != nil {
+				return 0, false
+			}
+			*held = append(*held, conn)
 		}
-		*listeners = append(*listeners, l)
 	}
 	return base, true
 }
 
 func inDefaultRange(port int) bool {
 	return (port >= defaultHTTPBase && port < defaultHTTPBase+nodeCount) ||
-		(port >= defaultRaftBase && port < defaultRaftBase+nodeCount)
+		(port >= defaultRaftBase && port < defaultRaftBase+nodeCount) ||
+		(port >= defaultGossipBase && port < defaultGossipBase+nodeCount)
 }
 
 // runScript runs scripts/cluster.sh with the test's environment and

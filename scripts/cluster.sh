@@ -6,15 +6,18 @@
 #   scripts/cluster.sh status   show each central's PID and the cluster view of the first central that responds
 #   scripts/cluster.sh run      start them in the foreground; Ctrl-C stops all three
 #
-# Defaults: HTTP 127.0.0.1:8081-8083, Raft 127.0.0.1:7001-7003, data under
-# ./data. Override with HTTP_PORT_BASE, RAFT_PORT_BASE (the first node's
-# ports; the others add 1 and 2), DATA_DIR, HOST and BIN (the
-# throttle-central binary, default bin/throttle-central).
+# Defaults: HTTP 127.0.0.1:8081-8083, Raft 127.0.0.1:7001-7003, gossip
+# 127.0.0.1:7946-7948 (TCP and UDP), data under ./data. Override with
+# HTTP_PORT_BASE, RAFT_PORT_BASE, GOSSIP_PORT_BASE (the first node's ports;
+# the others add 1 and 2), DATA_DIR, HOST (an IP address, because gossip
+# binds IPs only) and BIN (the throttle-central binary, default
+# bin/throttle-central).
 set -euo pipefail
 
 HOST=${HOST:-127.0.0.1}
 HTTP_PORT_BASE=${HTTP_PORT_BASE:-8081}
 RAFT_PORT_BASE=${RAFT_PORT_BASE:-7001}
+GOSSIP_PORT_BASE=${GOSSIP_PORT_BASE:-7946}
 DATA_DIR=${DATA_DIR:-./data}
 BIN=${BIN:-bin/throttle-central}
 NODES=3
@@ -22,6 +25,7 @@ WAIT_SECONDS=${WAIT_SECONDS:-30}
 
 http_addr() { echo "$HOST:$((HTTP_PORT_BASE + $1 - 1))"; }
 raft_addr() { echo "$HOST:$((RAFT_PORT_BASE + $1 - 1))"; }
+gossip_addr() { echo "$HOST:$((GOSSIP_PORT_BASE + $1 - 1))"; }
 node_dir() { echo "$DATA_DIR/c$1"; }
 pid_file() { echo "$DATA_DIR/c$1.pid"; }
 log_file() { echo "$DATA_DIR/c$1.log"; }
@@ -48,28 +52,31 @@ new_cluster() {
 }
 
 # start_node N: starts central N in the background. Node 1 bootstraps a
-# brand-new cluster; every other start joins through the others' APIs, so a
-# central whose data was deleted rejoins instead of founding a second
-# cluster.
+# brand-new cluster and starts the gossip pool. Every other start joins
+# through the others' APIs and gossip addresses, so a central whose data
+# was deleted rejoins instead of founding a second cluster.
 start_node() {
-	local n=$1 args peers=() m
+	local n=$1 args peers=() gossip_peers=() m
 	if running "$n"; then
 		echo "c$n is already running (PID $(cat "$(pid_file "$n")"))"
 		return
 	fi
-	args=(--node-id "c$n" --http-addr "$(http_addr "$n")" --raft-addr "$(raft_addr "$n")" --data-dir "$(node_dir "$n")")
+	args=(--node-id "c$n" --http-addr "$(http_addr "$n")" --raft-addr "$(raft_addr "$n")"
+		--gossip-addr "$(gossip_addr "$n")" --data-dir "$(node_dir "$n")")
 	if [[ $n == 1 ]] && new_cluster; then
 		args+=(--bootstrap)
 	else
 		for m in $(seq 1 $NODES); do
-			[[ $m == "$n" ]] || peers+=("$(http_addr "$m")")
+			[[ $m == "$n" ]] && continue
+			peers+=("$(http_addr "$m")")
+			gossip_peers+=("$(gossip_addr "$m")")
 		done
-		args+=(--join "$(IFS=,; echo "${peers[*]}")")
+		args+=(--join "$(IFS=,; echo "${peers[*]}")" --gossip-join "$(IFS=,; echo "${gossip_peers[*]}")")
 	fi
 	mkdir -p "$(node_dir "$n")"
 	"$BIN" "${args[@]}" >>"$(log_file "$n")" 2>&1 &
 	echo $! >"$(pid_file "$n")"
-	echo "started c$n (PID $!): HTTP $(http_addr "$n"), Raft $(raft_addr "$n"), log $(log_file "$n")"
+	echo "started c$n (PID $!): HTTP $(http_addr "$n"), Raft $(raft_addr "$n"), gossip $(gossip_addr "$n"), log $(log_file "$n")"
 }
 
 # wait_for_cluster: polls until every node reports the same leader and three
@@ -130,7 +137,7 @@ status() {
 	local n
 	for n in $(seq 1 $NODES); do
 		if running "$n"; then
-			echo "c$n running (PID $(cat "$(pid_file "$n")")), HTTP $(http_addr "$n")"
+			echo "c$n running (PID $(cat "$(pid_file "$n")")), HTTP $(http_addr "$n"), gossip $(gossip_addr "$n")"
 		else
 			echo "c$n stopped"
 		fi

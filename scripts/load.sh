@@ -5,15 +5,16 @@
 #
 #   scripts/load.sh [throttle-load flags...]     e.g. --nodes 200 --users 1000 --duration 60s
 #
-# Ports default to HTTP 127.0.0.1:9081-9083 and Raft 127.0.0.1:9001-9003,
-# away from those of make run; override with HTTP_PORT_BASE and
-# RAFT_PORT_BASE. Data goes to a temporary directory that is removed at the
-# end.
+# Ports default to HTTP 127.0.0.1:9081-9083, Raft 127.0.0.1:9001-9003 and
+# gossip 127.0.0.1:9946-9948, away from those of make run; override with
+# HTTP_PORT_BASE, RAFT_PORT_BASE and GOSSIP_PORT_BASE. Data goes to a
+# temporary directory that is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export HTTP_PORT_BASE=${HTTP_PORT_BASE:-9081}
 export RAFT_PORT_BASE=${RAFT_PORT_BASE:-9001}
+export GOSSIP_PORT_BASE=${GOSSIP_PORT_BASE:-9946}
 export DATA_DIR=${DATA_DIR:-$(mktemp -d)}
 export BIN=${BIN:-bin/throttle-central}
 LOAD=${LOAD:-bin/throttle-load}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/throttlecentral/throttle-central/central"
+	"github.com/throttlecentral/throttle-central/membership"
 	"github.com/throttlecentral/throttle-central/quota"
 	"github.com/throttlecentral/throttle-central/raftnode"
 )
@@ -50,6 +51,16 @@ type options struct {
 	logLevel      string
 	logFormat     string
 	shutdown      time.Duration
+
+	gossipAddr          string
+	gossipAdvertise     string
+	gossipJoin          string
+	gossipKey           string
+	gossipKeyFile       string
+	gossipProbeInterval time.Duration
+	gossipProbeTimeout  time.Duration
+	gossipSuspicionMult int
+	gossipReclaimTime   time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -77,6 +88,15 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	flags.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	flags.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	flags.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before the process exits anyway")
+	flags.StringVar(&o.gossipAddr, "gossip-addr", "", "IP:port for gossip membership (memberlist), TCP and UDP on the same port, for example 10.0.0.1:7946; empty turns gossip off, and edge nodes then count as live while they report")
+	flags.StringVar(&o.gossipAdvertise, "gossip-advertise", "", "IP:port other members reach this central's gossip at (default: the address of --gossip-addr; with 0.0.0.0 there, a private IP of this host)")
+	flags.StringVar(&o.gossipJoin, "gossip-join", "", "comma-separated host:port gossip addresses of members to join, retried in the background until one responds; empty starts a new gossip pool")
+	flags.StringVar(&o.gossipKey, "gossip-key", "", "gossip encryption key: the base64 of 16, 24 or 32 random bytes (openssl rand -base64 32), the same on every member; prefer --gossip-key-file or THROTTLE_GOSSIP_KEY, because other users can read command lines")
+	flags.StringVar(&o.gossipKeyFile, "gossip-key-file", "", "file that holds the --gossip-key value")
+	flags.DurationVar(&o.gossipProbeInterval, "gossip-probe-interval", membership.DefaultProbeInterval, "time between failure probes of one random member; lower finds a dead edge node sooner for more traffic")
+	flags.DurationVar(&o.gossipProbeTimeout, "gossip-probe-timeout", membership.DefaultProbeTimeout, "how long a probe waits for an ack before other members are asked to probe, at most --gossip-probe-interval; about the network's 99th-percentile round trip")
+	flags.IntVar(&o.gossipSuspicionMult, "gossip-suspicion-mult", membership.DefaultSuspicionMult, "a member that fails its probes stays suspect for at least this many probe intervals (times log10 of the member count when over 10, and up to 6 times longer while no other member confirms) before it is declared dead")
+	flags.DurationVar(&o.gossipReclaimTime, "gossip-reclaim-time", membership.DefaultDeadNodeReclaimTime, "how long after a member failed another process may take its node ID at a new gossip address")
 	flags.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: throttle-central --node-id ID --data-dir DIR [--bootstrap | --join ADDR,...] [flags]\n\n")
 		fmt.Fprintf(stderr, "Every flag can also be set as THROTTLE_<FLAG> in the environment, for example THROTTLE_NODE_ID.\n\nFlags:\n")
@@ -112,7 +132,87 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if _, err := quota.ParseMode(o.allocation); err != nil {
 		return o, fmt.Errorf("--allocation: %w", err)
 	}
+	if err := o.validateGossip(); err != nil {
+		return o, err
+	}
 	return o, nil
+}
+
+// validateGossip checks the gossip flags. The key file is read later, in
+// gossipKeyValue.
+func (o options) validateGossip() error {
+	if o.gossipAddr == "" {
+		for _, f := range []struct{ name, value string }{
+			{"--gossip-advertise", o.gossipAdvertise},
+			{"--gossip-join", o.gossipJoin},
+			{"--gossip-key", o.gossipKey},
+			{"--gossip-key-file", o.gossipKeyFile},
+		} {
+			if f.value != "" {
+				return fmt.Errorf("%s needs --gossip-addr, which turns gossip on", f.name)
+			}
+		}
+		return nil
+	}
+	_, bindPort, err := membership.ParseIPPort(o.gossipAddr)
+	if err != nil {
+		return fmt.Errorf("--gossip-addr: %w", err)
+	}
+	if o.gossipAdvertise != "" {
+		_, port, err := membership.ParseIPPort(o.gossipAdvertise)
+		switch {
+		case err != nil:
+			return fmt.Errorf("--gossip-advertise: %w", err)
+		case port == 0:
+			return fmt.Errorf("--gossip-advertise %q has port 0; give the port other members connect to", o.gossipAdvertise)
+		case bindPort == 0:
+			return fmt.Errorf("--gossip-advertise %q needs a fixed port in --gossip-addr %q", o.gossipAdvertise, o.gossipAddr)
+		}
+	}
+	for _, addr := range splitList(o.gossipJoin) {
+		if err := membership.ValidateJoinAddr(addr); err != nil {
+			return fmt.Errorf("--gossip-join: %w", err)
+		}
+	}
+	if o.gossipKey != "" && o.gossipKeyFile != "" {
+		return errors.New("--gossip-key and --gossip-key-file exclude each other; set one")
+	}
+	if _, err := membership.ParseKey(o.gossipKey); err != nil {
+		return fmt.Errorf("--gossip-key: %w", err)
+	}
+	switch {
+	case o.gossipProbeInterval <= 0:
+		return fmt.Errorf("--gossip-probe-interval %v must be positive", o.gossipProbeInterval)
+	case o.gossipProbeTimeout <= 0:
+		return fmt.Errorf("--gossip-probe-timeout %v must be positive", o.gossipProbeTimeout)
+	case o.gossipProbeTimeout > o.gossipProbeInterval:
+		return fmt.Errorf("--gossip-probe-timeout %v is longer than --gossip-probe-interval %v; it must be at most as long", o.gossipProbeTimeout, o.gossipProbeInterval)
+	case o.gossipSuspicionMult < 1:
+		return fmt.Errorf("--gossip-suspicion-mult %d must be at least 1", o.gossipSuspicionMult)
+	case o.gossipReclaimTime <= 0:
+		return fmt.Errorf("--gossip-reclaim-time %v must be positive", o.gossipReclaimTime)
+	}
+	return nil
+}
+
+// gossipKeyValue returns --gossip-key, or the contents of
+// --gossip-key-file checked as a key. Errors never contain the key.
+func (o options) gossipKeyValue() (string, error) {
+	if o.gossipKeyFile == "" {
+		return o.gossipKey, nil
+	}
+	data, err := os.ReadFile(o.gossipKeyFile)
+	if err != nil {
+		return "", fmt.Errorf("--gossip-key-file: %w", err)
+	}
+	key := strings.TrimSpace(string(data))
+	if key == "" {
+		return "", fmt.Errorf("--gossip-key-file %s is empty", o.gossipKeyFile)
+	}
+	if _, err := membership.ParseKey(key); err != nil {
+		return "", fmt.Errorf("--gossip-key-file %s: %w", o.gossipKeyFile, err)
+	}
+	return key, nil
 }
 
 // applyEnvironment sets every flag not given on the command line from
@@ -185,6 +285,11 @@ func run(args []string, stderr io.Writer) int {
 			return 2
 		}
 	}
+	gossipKey, err := o.gossipKeyValue()
+	if err != nil {
+		fmt.Fprintln(stderr, "throttle-central:", err)
+		return 2
+	}
 	c, err := central.Start(central.Config{
 		NodeID:        o.nodeID,
 		HTTPAddr:      o.httpAddr,
@@ -199,7 +304,14 @@ func run(args []string, stderr io.Writer) int {
 		Profiling:     o.profiling,
 		Raft:          o.raftConfig(),
 		HistorySlots:  o.historySlots,
-		Logger:        logger,
+
+		GossipAddr:      o.gossipAddr,
+		GossipAdvertise: o.gossipAdvertise,
+		GossipJoin:      splitList(o.gossipJoin),
+		GossipKey:       gossipKey,
+		Gossip:          o.gossipConfig(),
+
+		Logger: logger,
 	})
 	if err != nil {
 		logger.Error("start failed", slog.Any("error", err))
@@ -223,6 +335,17 @@ func run(args []string, stderr io.Writer) int {
 		code = 1
 	}
 	return code
+}
+
+// gossipConfig turns the gossip timing flags into a membership.Config;
+// central.Start fills in the rest.
+func (o options) gossipConfig() membership.Config {
+	return membership.Config{
+		ProbeInterval:       o.gossipProbeInterval,
+		ProbeTimeout:        o.gossipProbeTimeout,
+		SuspicionMult:       o.gossipSuspicionMult,
+		DeadNodeReclaimTime: o.gossipReclaimTime,
+	}
 }
 
 // raftConfig turns the Raft flags into timing; zero keeps hashicorp/raft's

@@ -2,8 +2,12 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"flag"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -120,5 +124,93 @@ func TestRaftConfigShortHeartbeat(t *testing.T) {
 	}
 	if got := (options{}).raftConfig(); got.HeartbeatTimeout != 0 || got.LeaderLeaseTimeout != 0 {
 		t.Errorf("no flags should keep the defaults, got %+v", got)
+	}
+}
+
+func TestParseFlagsRejectsBadGossipValues(t *testing.T) {
+	base := []string{"--node-id", "c1", "--data-dir", "d"}
+	gossip := append(slices.Clone(base), "--gossip-addr", "127.0.0.1:7946")
+	shortKey := base64.StdEncoding.EncodeToString([]byte("ten bytes!"))
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{append(slices.Clone(base), "--gossip-join", "a:1"), "--gossip-join needs --gossip-addr"},
+		{append(slices.Clone(base), "--gossip-key-file", "k"), "--gossip-key-file needs --gossip-addr"},
+		{append(slices.Clone(base), "--gossip-addr", "localhost:7946"), `--gossip-addr: "localhost:7946": host "localhost" is not an IP address`},
+		{append(slices.Clone(base), "--gossip-addr", "127.0.0.1"), `--gossip-addr: "127.0.0.1" is not an IP:port address`},
+		{append(slices.Clone(gossip), "--gossip-advertise", "10.0.0.1:0"), `--gossip-advertise "10.0.0.1:0" has port 0`},
+		{append(slices.Clone(base), "--gossip-addr", "127.0.0.1:0", "--gossip-advertise", "10.0.0.1:7946"), `needs a fixed port in --gossip-addr "127.0.0.1:0"`},
+		{append(slices.Clone(gossip), "--gossip-join", "c2:7946,c3"), `--gossip-join: "c3" is not a host:port address`},
+		{append(slices.Clone(gossip), "--gossip-key", shortKey), "--gossip-key: gossip key decodes to 10 bytes"},
+		{append(slices.Clone(gossip), "--gossip-key", "k", "--gossip-key-file", "f"), "--gossip-key and --gossip-key-file exclude each other"},
+		{append(slices.Clone(gossip), "--gossip-probe-interval", "0s"), "--gossip-probe-interval 0s must be positive"},
+		{append(slices.Clone(gossip), "--gossip-probe-timeout", "2s"), "--gossip-probe-timeout 2s is longer than --gossip-probe-interval 1s"},
+		{append(slices.Clone(gossip), "--gossip-suspicion-mult", "0"), "--gossip-suspicion-mult 0 must be at least 1"},
+		{append(slices.Clone(gossip), "--gossip-reclaim-time", "-1s"), "--gossip-reclaim-time -1s must be positive"},
+	} {
+		_, err := parseFlags(tc.args, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("parseFlags(%v) error %v, want one containing %q", tc.args, err, tc.want)
+		}
+		if err != nil && strings.Contains(err.Error(), shortKey) {
+			t.Errorf("parseFlags(%v) error %q contains the key", tc.args, err)
+		}
+	}
+}
+
+func TestParseFlagsGossipDefaults(t *testing.T) {
+	o, err := parseFlags([]string{"--node-id", "c1", "--data-dir", "d", "--gossip-addr", "127.0.0.1:7946",
+		"--gossip-join", "127.0.0.1:7947, 127.0.0.1:7948"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatalf("parseFlags: %v", err)
+	}
+	cfg := o.gossipConfig()
+	if cfg.ProbeInterval != time.Second || cfg.ProbeTimeout != 500*time.Millisecond || cfg.SuspicionMult != 4 || cfg.DeadNodeReclaimTime != 30*time.Second {
+		t.Errorf("default gossip timing %+v, want 1s, 500ms, 4 and 30s", cfg)
+	}
+	if got := splitList(o.gossipJoin); !slices.Equal(got, []string{"127.0.0.1:7947", "127.0.0.1:7948"}) {
+		t.Errorf("--gossip-join split into %q", got)
+	}
+}
+
+func TestGossipKeyFromFile(t *testing.T) {
+	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{3}, 32))
+	dir := t.TempDir()
+	good := filepath.Join(dir, "key")
+	if err := os.WriteFile(good, []byte(key+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := options{gossipKeyFile: good}.gossipKeyValue()
+	if err != nil || got != key {
+		t.Errorf("key from file: %q, %v; want the file's key without the newline", got, err)
+	}
+
+	short := base64.StdEncoding.EncodeToString([]byte("ten bytes!"))
+	bad := filepath.Join(dir, "short")
+	if err := os.WriteFile(bad, []byte(short), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = options{gossipKeyFile: bad}.gossipKeyValue()
+	if err == nil || !strings.Contains(err.Error(), "decodes to 10 bytes") || strings.Contains(err.Error(), short) {
+		t.Errorf("short key file: %v, want an error naming the length and not the key", err)
+	}
+	if _, err := (options{gossipKeyFile: filepath.Join(dir, "missing")}).gossipKeyValue(); err == nil || !strings.Contains(err.Error(), "--gossip-key-file") {
+		t.Errorf("missing key file: %v, want an error naming --gossip-key-file", err)
+	}
+	if got, err := (options{gossipKey: key}).gossipKeyValue(); err != nil || got != key {
+		t.Errorf("key from the flag: %q, %v", got, err)
+	}
+}
+
+func TestHelpListsGossipFlags(t *testing.T) {
+	var out bytes.Buffer
+	if _, err := parseFlags([]string{"--help"}, &out); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	for _, want := range []string{"gossip-addr", "gossip-join", "gossip-key-file", "gossip-probe-interval duration", "(default 1s)", "(default 500ms)", "(default 4)", "(default 30s)"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("help text lacks %q", want)
+		}
 	}
 }
