@@ -3,8 +3,10 @@ package quota
 import (
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/throttlecentral/throttle-central/protocol"
 )
@@ -85,9 +87,8 @@ func newBenchNodeCounts(node int, users []string) benchNodeCounts {
 	}
 }
 
-// reportFor returns a new report sent in slot, carrying the counts of
-// slot-1. The engine keeps every report it ingests, so each call needs its
-// own.
+// reportFor returns a report sent in slot, carrying the counts of slot-1.
+// The reports share the maps of c, which Ingest only reads.
 func (c benchNodeCounts) reportFor(slot int64) *protocol.Report {
 	return &protocol.Report{
 		NodeID:      c.node,
@@ -196,9 +197,8 @@ func BenchmarkIngest(b *testing.B) {
 // heap-MB is the live heap after setup: the counts of every node and the
 // engine after benchWarmupSlots+1 slots. It is not the steady state,
 // because the monitor history keeps the quota lists of each assignment and
-// every report for DefaultHistorySlots slots. The heap grows with each slot
-// until the history is full, and more when every report carries its own
-// counts instead of sharing them as here.
+// a copy of the counts of every report for DefaultHistorySlots slots. The
+// heap grows with each slot until the history is full.
 func BenchmarkAssign(b *testing.B) {
 	sizes := []struct{ users, nodes int }{
 		{users: 10_000, nodes: 20},
@@ -258,4 +258,136 @@ func benchmarkAssign(b *testing.B, mode Mode, users []string, nodes []benchNodeC
 	b.ReportMetric(seconds*1e3/float64(b.N), "ms/op")
 	b.ReportMetric(float64(quotas)/seconds, "quotas/s")
 	b.ReportMetric(heapMB, "heap-MB")
+}
+
+// newBenchReport returns the report of node index node sent in slot, built
+// like newBenchNodeCounts, with its own maps and its own copy of every user
+// name, as a decoded report has.
+func newBenchReport(node int, users []string, slot int64) *protocol.Report {
+	names := make([]string, len(users))
+	for i, user := range users {
+		names[i] = strings.Clone(user)
+	}
+	return newBenchNodeCounts(node, names).reportFor(slot)
+}
+
+// BenchmarkIngestHistory measures what the monitor history costs at fleet
+// size: 200 nodes each report 1,000 users x 4 resources in each of 70
+// consecutive slots, with a history of 60 slots, so the history is full
+// and its oldest frames have been reused. Every report has its own maps and
+// names, as decoded reports have, and the users have no limits, so the
+// history is the only state the reports leave besides the node registry.
+//
+// Reports are built with the timer stopped and ingested one at a time, so
+// ns/report is the mean time of one Ingest, and B/op and allocs/op count
+// all 14,000 reports of an iteration. heap-MB is the live heap after the
+// last slot, measured after a garbage collection, and gc-ms is the wall
+// time of one more full collection (runtime.GC) with that heap.
+func BenchmarkIngestHistory(b *testing.B) {
+	const (
+		nodeCount    = 200
+		userCount    = 1000
+		slotCount    = 70
+		historySlots = 60
+	)
+	users := benchUserNames(userCount)
+	var e *Engine
+	for b.Loop() {
+		b.StopTimer()
+		var err error
+		e, err = New(Config{HistorySlots: historySlots})
+		if err != nil {
+			b.Fatalf("New: %v", err)
+		}
+		for slot := int64(benchFirstSlot + 1); slot <= benchFirstSlot+slotCount; slot++ {
+			reports := make([]*protocol.Report, nodeCount)
+			for i := range reports {
+				reports[i] = newBenchReport(i, users, slot)
+			}
+
+			b.StartTimer()
+			for _, r := range reports {
+				result, err := e.Ingest(r)
+				if err != nil {
+					b.Fatalf("Ingest(%s, slot %d): %v", r.NodeID, slot, err)
+				}
+				if result.Duplicate || result.Users != userCount {
+					b.Fatalf("Ingest(%s, slot %d) = %+v, want %d users applied", r.NodeID, slot, result, userCount)
+				}
+			}
+			b.StopTimer()
+		}
+		b.StartTimer()
+	}
+
+	reports := b.N * nodeCount * slotCount
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(reports), "ns/report")
+	b.ReportMetric(liveHeapMB(), "heap-MB")
+	start := time.Now()
+	runtime.GC()
+	b.ReportMetric(float64(time.Since(start).Microseconds())/1e3, "gc-ms")
+	runtime.KeepAlive(e)
+}
+
+// BenchmarkReportCounts measures the compact copy of one report about
+// 1,000 users x 4 resources that the monitor history makes in Ingest.
+func BenchmarkReportCounts(b *testing.B) {
+	const userCount = 1000
+	r := newBenchReport(0, benchUserNames(userCount), benchFirstSlot)
+	want := userCount * len(benchResources)
+	b.ReportAllocs()
+	for b.Loop() {
+		counts := newReportCounts(r)
+		if len(counts.consumption) != want {
+			b.Fatalf("newReportCounts kept %d consumption counts, want %d", len(counts.consumption), want)
+		}
+	}
+}
+
+// BenchmarkMonitor measures one monitor query of one slot in which 200
+// nodes reported 1,000 users x 4 resources, for each counts subject, and
+// for consumption_sum filtered to one user.
+func BenchmarkMonitor(b *testing.B) {
+	const (
+		nodeCount = 200
+		userCount = 1000
+	)
+	users := benchUserNames(userCount)
+	e, err := New(Config{})
+	if err != nil {
+		b.Fatalf("New: %v", err)
+	}
+	sent := int64(benchFirstSlot + 1)
+	for i := range nodeCount {
+		r := newBenchReport(i, users, sent)
+		if _, err := e.Ingest(r); err != nil {
+			b.Fatalf("Ingest(%s, slot %d): %v", r.NodeID, sent, err)
+		}
+	}
+
+	queries := []struct {
+		name  string
+		query MonitorQuery
+	}{
+		{"reported", MonitorQuery{Subject: SubjectReported}},
+		{"consumption_sum", MonitorQuery{Subject: SubjectConsumptionSum}},
+		{"consumption_sum/user", MonitorQuery{Subject: SubjectConsumptionSum, User: users[userCount/2]}},
+		{"rejection_sum", MonitorQuery{Subject: SubjectRejectionSum}},
+		{"distribution", MonitorQuery{Subject: SubjectDistribution}},
+	}
+	for _, q := range queries {
+		b.Run(q.name, func(b *testing.B) {
+			q.query.Start, q.query.End = sent-1, sent-1
+			b.ReportAllocs()
+			for b.Loop() {
+				data, err := e.Monitor(q.query)
+				if err != nil {
+					b.Fatalf("Monitor(%+v): %v", q.query, err)
+				}
+				if len(data) != 1 {
+					b.Fatalf("Monitor(%+v) returned %d slots, want 1", q.query, len(data))
+				}
+			}
+		})
+	}
 }

@@ -64,8 +64,8 @@ func ValidateReport(r *protocol.Report) error {
 // counted again. A report arriving late never moves refill time, because
 // refill happens only in Assign.
 //
-// The engine keeps r for the monitor, so the caller must not change it
-// afterwards.
+// The monitor history keeps a compact copy of the counts of r, not r
+// itself, so the caller may change or reuse r once Ingest returns.
 func (e *Engine) Ingest(r *protocol.Report) (IngestResult, error) {
 	if err := ValidateReport(r); err != nil {
 		return IngestResult{}, err
