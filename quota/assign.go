@@ -64,7 +64,13 @@ func (e *Engine) Assign(slot int64, live Liveness) (AssignResult, error) {
 		liveIDs = append(liveIDs, n.id)
 	}
 	liveCount := len(liveIDs)
-	e.liveNodes.Store(int64(liveCount))
+	// An assignment that finds no live node, as the first one of a new
+	// leader does before any report reached it, keeps the previous count,
+	// so the safe shares sent meanwhile stay the limit divided among the
+	// nodes last known live instead of the whole limit.
+	if liveCount > 0 {
+		e.liveNodes.Store(int64(liveCount))
+	}
 
 	workers := min(runtime.GOMAXPROCS(0), shardCount)
 	outputs := make([]*assignWorker, workers)

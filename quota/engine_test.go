@@ -356,6 +356,37 @@ func TestCheckpointRoundTrip(t *testing.T) {
 	}
 }
 
+func TestRestoredLiveCountSizesShares(t *testing.T) {
+	e := startReserve(t)
+	for slot := int64(101); slot <= 105; slot++ {
+		for _, node := range []string{"A", "B", "C"} {
+			mustIngest(t, e, report(node, slot, "front", counts("u", map[string]float64{"traffic_up": 600}), nil))
+		}
+		mustAssign(t, e, slot, nil)
+	}
+	cp := e.Checkpoint()
+	if cp.LiveNodes != 3 {
+		t.Fatalf("checkpoint live nodes %d, want 3", cp.LiveNodes)
+	}
+
+	next := newTestEngine(t, ModeReserve)
+	mustSetLimits(t, next, "front", "u", map[string]Limit{"traffic_up": {Rate: 1000}}, 100)
+	if err := next.Restore(cp, 107); err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	// A new leader's first assignment runs before any report reached it,
+	// then the nodes report one by one.
+	mustAssign(t, next, 107, nil)
+	mustIngest(t, next, report("A", 108, "front", counts("u", map[string]float64{"traffic_up": 600}), nil))
+
+	if got := next.LiveNodes(); got != 3 {
+		t.Errorf("live nodes after an assignment that found none: %d, want the restored 3", got)
+	}
+	if got := next.Shares("front", []string{"u"})["u"]["traffic_up"]; math.Abs(got-1000.0/3) > 1e-9 {
+		t.Errorf("safe share %v, want the rate divided among the 3 nodes last known live", got)
+	}
+}
+
 func TestRestoreRejectsOldSlot(t *testing.T) {
 	e := newTestEngine(t, ModeReserve)
 	if err := e.Restore(Checkpoint{Slot: 10}, 10); !errors.Is(err, ErrInvalid) {

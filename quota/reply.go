@@ -68,9 +68,9 @@ func addQuotas(out map[string]protocol.Quotas, q *nodeQuotas) {
 	}
 }
 
-// LiveNodes returns how many live nodes the latest assignment counted, or
-// before the first assignment the restored checkpoint's count, or else how
-// many nodes have reported.
+// LiveNodes returns how many live nodes the latest assignment that found
+// any counted, or before such an assignment the restored checkpoint's
+// count, or else how many nodes have reported.
 func (e *Engine) LiveNodes() int {
 	if n := e.liveNodes.Load(); n > 0 {
 		return int(n)
