@@ -377,8 +377,9 @@ func (c *Client) Close(ctx context.Context) error {
 // the slot in progress.
 func (c *Client) sendFinalReport(ctx context.Context) error {
 	now := c.clock()
-	slot := now.Unix() + 1
-	timer := time.NewTimer(c.untilReportTime(now))
+	wait := c.untilReportTime(now)
+	slot := now.Add(wait).Unix()
+	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {
 	case <-ctx.Done():

@@ -813,6 +813,27 @@ func TestClientCloseSendsFinalReport(t *testing.T) {
 	}
 }
 
+func TestClientCloseBeforeReportTime(t *testing.T) {
+	// Close early in a second, before the loop sent that second's report:
+	// the final report is that second's, not the next one's.
+	central := newFakeCentral(t, nil)
+	client := newTestClient(t, at(testSlot, 20), []string{central.url()}, nil)
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := client.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+
+	received := central.received()
+	if len(received) != 1 {
+		t.Fatalf("central received %d reports, want the final one", len(received))
+	}
+	if got := received[0].report.Slot; got != testSlot {
+		t.Errorf("final report slot_number = %d, want %d", got, testSlot)
+	}
+}
+
 func TestClientCloseReportsGossipError(t *testing.T) {
 	central := newFakeCentral(t, nil)
 	gossip := &fakeGossip{leaveErr: errors.New("no members reachable")}
