@@ -21,6 +21,10 @@ build: ## Build every binary into bin/
 run: build ## Start three centrals on 127.0.0.1 (HTTP 8081-8083); Ctrl-C stops them
 	scripts/cluster.sh run
 
+.PHONY: demo
+demo: ## Run the end-to-end demo (about 75 s): 3 centrals, 4 agents, kills, a RESULT line
+	scripts/demo.sh
+
 .PHONY: sim
 sim: build ## Run the accuracy simulator and print its table
 	$(BIN)/throttle-sim
