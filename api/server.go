@@ -170,6 +170,8 @@ func (s *Server) routes(e *echo.Echo) {
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{})))
 
 	e.GET("/throttle", s.throttle)
+	e.GET("/ui", s.serveUI)
+	e.GET("/ui/*", s.serveUI)
 	if s.cfg.Profiling {
 		e.GET("/debug/pprof/*", echo.WrapHandler(http.HandlerFunc(pprof.Index)))
 		e.GET("/debug/pprof/cmdline", echo.WrapHandler(http.HandlerFunc(pprof.Cmdline)))
