@@ -329,3 +329,85 @@ func TestManyNodesIndexSurvivesPruning(t *testing.T) {
 		t.Errorf("node %s has no quota after it came back", nodes[11])
 	}
 }
+
+// runTwoNodes drives nodes A and B through slots first..last: each reports
+// the slot before with the consumption use returns for it, given the
+// node's quota of that slot, and the engine assigns every slot. It returns
+// each slot's quotas summed over the nodes, by resource.
+func runTwoNodes(t *testing.T, e *Engine, user string, first, last int64, use func(slot int64, resource string, quota float64) float64) map[int64]map[string]float64 {
+	t.Helper()
+	totals := make(map[int64]map[string]float64)
+	for slot := first; slot <= last; slot++ {
+		for _, node := range []string{"A", "B"} {
+			used := map[string]float64{}
+			for _, resource := range []string{"traffic_up", "database_read"} {
+				q, _ := quotaOf(e, node, slot-1, "front", user, resource)
+				if amount := use(slot-1, resource, q); amount > 0 {
+					used[resource] = amount
+				}
+			}
+			if len(used) == 0 {
+				used["traffic_up"] = 0
+			}
+			mustIngest(t, e, report(node, slot, "front", counts(user, used), nil))
+		}
+		mustAssign(t, e, slot, nil)
+		total := map[string]float64{}
+		for _, node := range []string{"A", "B"} {
+			for _, resource := range []string{"traffic_up", "database_read"} {
+				q, _ := quotaOf(e, node, slot+2, "front", user, resource)
+				total[resource] += q
+			}
+		}
+		totals[slot+2] = total
+	}
+	return totals
+}
+
+func TestReserveStrictCapGrantsRateEverySlot(t *testing.T) {
+	// A burst equal to the rate is a strict per-second cap: the quotas of
+	// every slot add up to the rate, also for a resource nobody consumes.
+	e := newTestEngine(t, ModeReserve)
+	mustSetLimits(t, e, "front", "v", map[string]Limit{"traffic_up": {Rate: 1000, Burst: 1000}, "database_read": {Rate: 200, Burst: 200}}, 100)
+	totals := runTwoNodes(t, e, "v", 101, 120, func(slot int64, resource string, quota float64) float64 {
+		if resource == "traffic_up" {
+			return quota // each node uses all of its quota
+		}
+		return 0
+	})
+	for slot := int64(106); slot <= 122; slot++ {
+		if got := totals[slot]["traffic_up"]; math.Abs(got-1000) > 1e-6 {
+			t.Errorf("slot %d: traffic_up quotas add up to %v, want the rate 1000", slot, got)
+		}
+		if got := totals[slot]["database_read"]; got < 200-1e-6 {
+			t.Errorf("slot %d: database_read quotas add up to %v, want at least the rate 200", slot, got)
+		}
+	}
+}
+
+func TestReserveInFlightGrantsBoundedByBucket(t *testing.T) {
+	// A resource left unused fills its bucket; when every node then uses
+	// all of its quota, three slots in a row admit at most what a token
+	// bucket full at the start of the first allows: the capacity plus two
+	// refills.
+	e := newTestEngine(t, ModeReserve)
+	mustSetLimits(t, e, "front", "v", map[string]Limit{"traffic_up": {Rate: 1000}, "database_read": {Rate: 200, Burst: 400}}, 100)
+	const start = 115
+	totals := runTwoNodes(t, e, "v", 101, 130, func(slot int64, resource string, quota float64) float64 {
+		if resource == "database_read" && slot >= start {
+			return quota
+		}
+		return 0
+	})
+	for slot := int64(start); slot <= 130; slot++ {
+		window := totals[slot]["database_read"] + totals[slot+1]["database_read"] + totals[slot+2]["database_read"]
+		if window > 400+2*200+1e-6 {
+			t.Errorf("slots %d-%d: database_read quotas add up to %v, more than the capacity 400 plus two refills of 200", slot, slot+2, window)
+		}
+	}
+	for slot := int64(start + 5); slot <= 132; slot++ {
+		if got := totals[slot]["database_read"]; math.Abs(got-200) > 1e-6 {
+			t.Errorf("slot %d: database_read quotas add up to %v once fully used, want the rate 200", slot, got)
+		}
+	}
+}

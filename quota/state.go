@@ -123,7 +123,8 @@ type resourceState struct {
 	// the capacity.
 	level float64
 	// outstanding is the sum of grants not yet settled by a report (reserve
-	// mode). level + outstanding never exceeds the capacity.
+	// mode). level + outstanding never exceeds the capacity plus
+	// inFlightRefills slots of refill (see clamp).
 	outstanding float64
 	// credit is the part of level that came back from grants left unused
 	// while the user was rejected elsewhere, and has not been granted
@@ -225,12 +226,25 @@ func (r *resourceState) refill(slot int64) {
 	r.clamp()
 }
 
-// clamp keeps level + outstanding within the capacity, the debt within one
+// inFlightRefills is how many refills the grants in flight may draw on
+// beyond the capacity: quotas are assigned two slots ahead.
+const inFlightRefills = 2
+
+// clamp keeps the level within the capacity, level + outstanding within
+// the capacity plus the refill of the slots in flight, the debt within one
 // capacity, and the credit within the level.
+//
+// The bound is a token bucket's across the slots that hold grants: the
+// assignment in slot S grants slot S+2 while the grants of S and S+1 are
+// out, and a bucket full at the start of S admits at most its capacity
+// plus two refills over S, S+1 and S+2. A bound of the capacity alone
+// would let a bucket whose burst is below three slots of rate grant its
+// full rate only every second or third slot.
 func (r *resourceState) clamp() {
 	capacity := r.limit.Capacity()
-	if r.level+r.outstanding > capacity {
-		r.level = capacity - r.outstanding
+	r.level = math.Min(r.level, capacity)
+	if inFlight := capacity + inFlightRefills*r.limit.Rate; r.level+r.outstanding > inFlight {
+		r.level = inFlight - r.outstanding
 	}
 	if r.level < -capacity {
 		r.level = -capacity
