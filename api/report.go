@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -157,6 +158,8 @@ func parseInteger(field string, raw json.RawMessage) (int64, error) {
 
 // report handles POST /v1/report.
 func (s *Server) report(c echo.Context) error {
+	start := time.Now()
+	defer func() { s.metrics.reportSeconds.WithLabelValues("http").Observe(time.Since(start).Seconds()) }()
 	body, err := readBody(c)
 	if err != nil {
 		s.metrics.reports.WithLabelValues("http", outcomeOf(err)).Inc()

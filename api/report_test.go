@@ -159,6 +159,9 @@ func metricValue(t *testing.T, n *testNode, name string, labels map[string]strin
 			if c := m.GetCounter(); c != nil {
 				return c.GetValue()
 			}
+			if h := m.GetHistogram(); h != nil {
+				return float64(h.GetSampleCount())
+			}
 			return m.GetGauge().GetValue()
 		}
 	}
@@ -476,6 +479,17 @@ func TestReportReplyServicesWithoutQuotas(t *testing.T) {
 	want := `{"front":{"1796411857":{}},"video":{"1796411857":{}}}`
 	if got := rec.Body.String(); got != want {
 		t.Errorf("reply is %s, want %s", got, want)
+	}
+}
+
+func TestReportDurationRecordedForHTTP(t *testing.T) {
+	node := newReportLeader(t, &fakeReporter{}, nil, nil)
+
+	rec := node.do(t, http.MethodPost, "/v1/report", `{"node_id": "edge-1", "slot_number": 1796411856, "consumption": {}, "rejection": {}}`)
+
+	wantStatus(t, rec, http.StatusOK)
+	if got := metricValue(t, node, "throttle_report_duration_seconds", map[string]string{"transport": "http"}); got != 1 {
+		t.Errorf("throttle_report_duration_seconds{transport=\"http\"} has %v samples, want 1", got)
 	}
 }
 
