@@ -137,6 +137,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		return Result{}, err
 	}
 	fmt.Fprintf(cfg.Out, "limit set: %s/%s %s = %s/s\n", service, user, resource, megabytes(cfg.Limit))
+	fmt.Fprintf(cfg.Out, "logs and data of every process: %s\n", cfg.Dir)
 	if err := c.startAgents(ctx, cfg); err != nil {
 		return Result{}, err
 	}
@@ -289,6 +290,19 @@ func (c *cluster) leader() string {
 		}
 	}
 	return ""
+}
+
+// leaderLabel returns the leader ID for the per-second line, marked as
+// down when the demo killed that central: the others keep naming it until
+// their election timeout passes.
+func (c *cluster) leaderLabel() string {
+	id := c.leader()
+	for _, node := range c.centrals {
+		if node.id == id && !node.proc.running() {
+			return id + " (down)"
+		}
+	}
+	return id
 }
 
 // stop ends every process the run started: agents first, so their final

@@ -205,7 +205,7 @@ func (c *cluster) drive(ctx context.Context, cfg Config) (Result, error) {
 
 	fmt.Fprintf(cfg.Out, "demand: %s/s (%.0fx the limit) in %s requests for %v; the first %v are warm-up\n",
 		megabytes(cfg.Demand*cfg.Limit), cfg.Demand, megabytes(cfg.RequestSize), s.Duration, s.Warmup)
-	fmt.Fprintf(cfg.Out, "%5s  %-9s %6s  %-27s %8s %6s  %-6s %s\n", "time", "admitted", "xlimit", "by agent (MB)", "rejected", "failed", "leader", "events")
+	fmt.Fprintf(cfg.Out, "%5s  %-9s %6s  %-27s %8s %6s  %-9s %s\n", "time", "admitted", "xlimit", "by agent (MB)", "rejected", "failed", "leader", "events")
 
 	timer := time.NewTimer(time.Until(startAt))
 	defer timer.Stop()
@@ -251,11 +251,11 @@ func (c *cluster) drive(ctx context.Context, cfg Config) (Result, error) {
 				t.event(time.Now(), "no leader to kill")
 			}
 		}
-		t.setLeader(secondStart.Unix(), c.leader())
+		if err := sleepUntil(ctx, secondStart.Add(settle)); err != nil {
+			return result, err
+		}
+		t.setLeader(secondStart.Unix(), c.leaderLabel())
 		if offset > 0 {
-			if err := sleepUntil(ctx, secondStart.Add(settle)); err != nil {
-				return result, err
-			}
 			printSecond(cfg.Out, t.snapshot(offset-1), cfg.Limit)
 		}
 		if err := sleepUntil(ctx, secondStart.Add(time.Second)); err != nil {
@@ -291,7 +291,7 @@ func printSecond(out io.Writer, s Second, limit float64) {
 	for i, amount := range s.ByAgent {
 		parts[i] = strconv.FormatFloat(amount/1e6, 'f', 0, 64)
 	}
-	fmt.Fprintf(out, "%4ds  %-9s %6.3f  %-27s %8d %6d  %-6s %s\n", s.Offset, megabytes(s.Admitted), s.Admitted/limit,
+	fmt.Fprintf(out, "%4ds  %-9s %6.3f  %-27s %8d %6d  %-9s %s\n", s.Offset, megabytes(s.Admitted), s.Admitted/limit,
 		strings.Join(parts, " / "), s.Rejected, s.Failed, orDash(s.Leader), strings.Join(s.Events, "; "))
 }
 

@@ -36,6 +36,9 @@ func run(args []string) error {
 	size := flags.Float64("request-size", demo.DefaultRequestSize, "bytes of one simulated request")
 	demand := flags.Float64("demand", demo.DefaultDemand, "offered load as a multiple of the limit")
 	if err := flags.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
 		return err
 	}
 	if flags.NArg() > 0 {
@@ -48,6 +51,7 @@ func run(args []string) error {
 		if workDir, err = os.MkdirTemp("", "throttle-demo-"); err != nil {
 			return err
 		}
+		fmt.Printf("the logs go to %s, removed after a successful run; keep them with --dir DIR\n", workDir)
 	}
 	scenario := demo.Full
 	if *short {
@@ -79,7 +83,8 @@ func run(args []string) error {
 	summary := result.Summarize()
 	if result.AgentKilledAt >= 0 {
 		if summary.AgentShareMovedSecs >= 0 {
-			fmt.Printf("agent killed at %ds: the survivors admitted 0.9x the limit again %d s later\n", result.AgentKilledAt, summary.AgentShareMovedSecs)
+			fmt.Printf("agent killed at %ds: the survivors admitted at least 0.9x the limit again from second %d, %d s after the kill\n",
+				result.AgentKilledAt, result.AgentKilledAt+summary.AgentShareMovedSecs, summary.AgentShareMovedSecs)
 		} else {
 			fmt.Printf("agent killed at %ds: the survivors never admitted 0.9x the limit again\n", result.AgentKilledAt)
 		}
