@@ -3,10 +3,10 @@
 // that the central sends. It decides whether a request may be served, and
 // builds the report that the node sends once a slot.
 //
-// The package is pure logic. Every method takes the slot it acts on, and
-// nothing here reads the clock, does I/O or starts goroutines. The report
-// loop, the transport to the centrals and failover between them belong to
-// the callers.
+// Throttler is pure logic: every method takes the slot it acts on, and it
+// never reads the clock, does I/O or starts goroutines. Client wraps a
+// Throttler with the clock and the report loop: it sends the reports to the
+// centrals, fails over between them and stores the quotas they return.
 package edge
 
 import (
