@@ -21,6 +21,7 @@ GOSSIP_PORT_BASE=${GOSSIP_PORT_BASE:-7946}
 DATA_DIR=${DATA_DIR:-./data}
 BIN=${BIN:-bin/throttle-central}
 NODES=3
+SETSID=$(command -v setsid || true)
 WAIT_SECONDS=${WAIT_SECONDS:-30}
 
 http_addr() { echo "$HOST:$((HTTP_PORT_BASE + $1 - 1))"; }
@@ -74,13 +75,18 @@ start_node() {
 		args+=(--join "$(IFS=,; echo "${peers[*]}")" --gossip-join "$(IFS=,; echo "${gossip_peers[*]}")")
 	fi
 	mkdir -p "$(node_dir "$n")"
-	"$BIN" "${args[@]}" >>"$(log_file "$n")" 2>&1 &
+	# A session of its own keeps a Ctrl-C in the terminal away from the
+	# central, so `run` stops the three in order through down. setsid
+	# executes the central in place (a background job of this script is
+	# not a process group leader), so $! is the central's PID.
+	$SETSID "$BIN" "${args[@]}" >>"$(log_file "$n")" 2>&1 &
 	echo $! >"$(pid_file "$n")"
 	echo "started c$n (PID $!): HTTP $(http_addr "$n"), Raft $(raft_addr "$n"), gossip $(gossip_addr "$n"), log $(log_file "$n")"
 }
 
 # wait_for_cluster: polls until every node reports the same leader and three
-# servers, or fails after WAIT_SECONDS.
+# servers and answers /readyz with 200 (it has applied what the leader
+# committed), or fails after WAIT_SECONDS.
 wait_for_cluster() {
 	local deadline=$((SECONDS + WAIT_SECONDS)) n leaders status
 	while ((SECONDS < deadline)); do
@@ -99,7 +105,7 @@ wait_for_cluster() {
 			fi
 		done
 		if ((${#leaders[@]} == NODES)) && [[ -n ${leaders[0]} ]] &&
-			[[ $(printf '%s\n' "${leaders[@]}" | sort -u | wc -l) -eq 1 ]]; then
+			[[ $(printf '%s\n' "${leaders[@]}" | sort -u | wc -l) -eq 1 ]] && all_ready; then
 			echo "cluster ready: leader ${leaders[0]}"
 			return 0
 		fi
@@ -107,6 +113,14 @@ wait_for_cluster() {
 	done
 	echo "cluster not ready after ${WAIT_SECONDS}s; see the logs in $DATA_DIR" >&2
 	return 1
+}
+
+# all_ready: every node answers /readyz with 200.
+all_ready() {
+	local n
+	for n in $(seq 1 $NODES); do
+		curl -sf -o /dev/null "http://$(http_addr "$n")/readyz" 2>/dev/null || return 1
+	done
 }
 
 up() {
