@@ -26,6 +26,26 @@ type limitsRequest struct {
 	Burst map[string]json.RawMessage `json:"burst"`
 }
 
+// decodeLimitsBody decodes and validates the body of PUT
+// /v1/limits/{service}/{user} and returns the limit of each resource.
+// Errors wrap quota.ErrInvalid and name the field.
+func decodeLimitsBody(body []byte) (map[string]quota.Limit, error) {
+	var req limitsRequest
+	if err := decodeJSON(body, &req); err != nil {
+		return nil, err
+	}
+	return req.toLimits()
+}
+
+// checkInputLimits checks the number of resources in limit. burst can
+// have no more, because toLimits rejects a burst without a limit.
+func (r *limitsRequest) checkInputLimits() error {
+	if len(r.Limit) > MaxLimitResources {
+		return newInputLimitError(reasonLimitResources, "limit", len(r.Limit), "resources", MaxLimitResources)
+	}
+	return nil
+}
+
 // toLimits validates the request and converts it. Errors wrap
 // quota.ErrInvalid and name the field, for example limit.traffic_up.
 func (r limitsRequest) toLimits() (map[string]quota.Limit, error) {
@@ -51,12 +71,17 @@ func (r limitsRequest) toLimits() (map[string]quota.Limit, error) {
 			if l.Burst, err = parseAmount("burst."+resource, rawBurst); err != nil {
 				return nil, err
 			}
+			// quota.Limit reads a burst of 0 as the default of 10 x the
+			// limit, so an explicit 0 is checked here, not by Validate.
+			if l.Burst < l.Rate {
+				return nil, fmt.Errorf("%w: burst.%s is %v, below limit.%s %v; give a burst of at least the limit, or leave it out for %d x the limit",
+					quota.ErrInvalid, resource, l.Burst, resource, l.Rate, quota.DefaultBurstFactor)
+			}
 		}
-		// parseAmount has checked both numbers, so Validate can only
-		// reject a burst below the limit.
+		// parseAmount has checked both numbers and the burst is at least
+		// the limit, so Validate finds nothing more.
 		if err := l.Validate(); err != nil {
-			return nil, fmt.Errorf("%w: burst.%s is %v, below limit.%s %v; give a burst of at least the limit, or leave it out for %d x the limit",
-				quota.ErrInvalid, resource, l.Burst, resource, l.Rate, quota.DefaultBurstFactor)
+			return nil, fmt.Errorf("limit.%s: %w", resource, err)
 		}
 		limits[resource] = l
 	}
@@ -138,11 +163,7 @@ func (s *Server) putLimits(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	var req limitsRequest
-	if err := decodeJSON(body, &req); err != nil {
-		return err
-	}
-	limits, err := req.toLimits()
+	limits, err := decodeLimitsBody(body)
 	if err != nil {
 		return err
 	}

@@ -443,3 +443,95 @@ func usernames(records []fsm.LimitRecord) []string {
 	}
 	return names
 }
+
+// limitBodyWith returns a PUT body with count resources, each limited to 1.
+func limitBodyWith(count int) string {
+	parts := make([]string, count)
+	for i := range parts {
+		parts[i] = fmt.Sprintf(`"r%d": 1`, i)
+	}
+	return `{"limit": {` + strings.Join(parts, ", ") + `}}`
+}
+
+func TestPutLimitsResourceLimit(t *testing.T) {
+	node := newLeader(t)
+
+	rec := node.do(t, http.MethodPut, "/v1/limits/video/alice", limitBodyWith(MaxLimitResources))
+	wantStatus(t, rec, http.StatusOK)
+	rec = node.do(t, http.MethodPut, "/v1/limits/video/bob", limitBodyWith(MaxLimitResources+1))
+
+	body := wantError(t, rec, http.StatusBadRequest, CodeInvalid)
+	wantMessageContains(t, body, fmt.Sprintf("limit has %d resources; the maximum is %d", MaxLimitResources+1, MaxLimitResources))
+	if commands := node.cluster.recordedCommands(); len(commands) != 1 {
+		t.Errorf("cluster received %d commands, want only the one at the limit: %#v", len(commands), commands)
+	}
+	if _, ok := node.state.Limits("video", "bob"); ok {
+		t.Errorf("state has limits for video/bob after a rejected PUT")
+	}
+	wantRejectedInput(t, node, reasonLimitResources, 1)
+}
+
+func TestPutLimitsNameLengthCounted(t *testing.T) {
+	node := newLeader(t)
+	atLimit := strings.Repeat("u", quota.MaxNameLength)
+
+	rec := node.do(t, http.MethodPut, "/v1/limits/video/"+atLimit, `{"limit": {"traffic_up": 10}}`)
+	wantStatus(t, rec, http.StatusOK)
+	rec = node.do(t, http.MethodPut, "/v1/limits/video/"+atLimit+"u", `{"limit": {"traffic_up": 10}}`)
+
+	body := wantError(t, rec, http.StatusBadRequest, CodeInvalid)
+	wantMessageContains(t, body, fmt.Sprintf("user is %d bytes long; the maximum is %d", quota.MaxNameLength+1, quota.MaxNameLength))
+	wantRejectedInput(t, node, reasonNameLength, 1)
+}
+
+func TestPutLimitsBodySizeCounted(t *testing.T) {
+	exact := `{"limit": {"traffic_up": 10}}`
+	node := newTestNode(t, leaderID, true, func(cfg *Config) { cfg.BodyLimit = int64(len(exact)) })
+
+	wantStatus(t, node.do(t, http.MethodPut, "/v1/limits/video/alice", exact), http.StatusOK)
+	rec := node.do(t, http.MethodPut, "/v1/limits/video/bob", exact+" ")
+
+	wantError(t, rec, http.StatusRequestEntityTooLarge, CodeTooLarge)
+	wantRejectedInput(t, node, reasonBodySize, 1)
+}
+
+// A burst of 0 used to be stored as no burst, which quota.Limit reads as
+// 10 x the limit: far above what the operator asked for.
+func TestPutLimitsZeroBurstRejected(t *testing.T) {
+	node := newLeader(t)
+
+	rec := node.do(t, http.MethodPut, "/v1/limits/video/alice", `{"limit": {"traffic_up": 10}, "burst": {"traffic_up": 0}}`)
+
+	body := wantError(t, rec, http.StatusBadRequest, CodeInvalid)
+	wantMessageContains(t, body, "burst.traffic_up is 0, below limit.traffic_up 10")
+	wantNoCommands(t, node)
+}
+
+func TestPutLimitsZeroBurstOfZeroLimit(t *testing.T) {
+	node := newLeader(t)
+
+	rec := node.do(t, http.MethodPut, "/v1/limits/video/alice", `{"limit": {"traffic_up": 0}, "burst": {"traffic_up": 0}}`)
+
+	wantStatus(t, rec, http.StatusOK)
+	stored, ok := node.state.Limits("video", "alice")
+	if !ok {
+		t.Fatal("state has no limits for video/alice after PUT")
+	}
+	if got := stored.Limits["traffic_up"].Capacity(); got != 0 {
+		t.Errorf("stored traffic_up capacity is %v, want 0", got)
+	}
+}
+
+// The fuzzer found that a stray closing bracket after the body passed,
+// because json.Decoder.More reports false before '}' and ']'.
+func TestPutLimitsStrayBracketRejected(t *testing.T) {
+	for _, body := range []string{`{"limit": {"traffic_up": 10}}}`, `{"limit": {"traffic_up": 10}}]`} {
+		node := newLeader(t)
+
+		rec := node.do(t, http.MethodPut, "/v1/limits/video/alice", body)
+
+		errBody := wantError(t, rec, http.StatusBadRequest, CodeInvalid)
+		wantMessageContains(t, errBody, "data after the JSON object")
+		wantNoCommands(t, node)
+	}
+}

@@ -18,6 +18,13 @@ type metrics struct {
 	reportSeconds *prometheus.HistogramVec
 	connections   prometheus.Gauge
 	replyOverflow prometheus.Counter
+	// rejectedInput counts requests and WebSocket frames rejected for
+	// exceeding an input limit, by reason (see the reason constants).
+	rejectedInput *prometheus.CounterVec
+	// nodeSockets is not a metric but the per-node count of open report
+	// WebSockets that MaxSocketsPerNode limits. It is kept next to the
+	// connections gauge because both count the same sockets.
+	nodeSockets *nodeSockets
 }
 
 func newMetrics(reg *prometheus.Registry, cluster Cluster) (*metrics, error) {
@@ -57,6 +64,14 @@ func newMetrics(reg *prometheus.Registry, cluster Cluster) (*metrics, error) {
 		Name: "throttle_reply_overflow_total",
 		Help: "Replies too large for one 64 KiB WebSocket frame, sent without the users with the largest quotas.",
 	})
+	m.rejectedInput = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "throttle_rejected_input_total",
+		Help: "Requests and WebSocket frames rejected for exceeding an input limit, by reason (body_size, frame_size, name_length, services, users, resources, limit_resources, node_sockets).",
+	}, []string{"reason"})
+	for _, reason := range []string{reasonBodySize, reasonFrameSize, reasonNameLength, reasonServices, reasonUsers, reasonResources, reasonLimitResources, reasonNodeSockets} {
+		m.rejectedInput.WithLabelValues(reason)
+	}
+	m.nodeSockets = newNodeSockets()
 	leader := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "throttle_raft_leader",
 		Help: "1 when this central is the Raft leader, else 0.",
@@ -76,7 +91,7 @@ func newMetrics(reg *prometheus.Registry, cluster Cluster) (*metrics, error) {
 		}
 		return float64(stats.Term)
 	})
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.forwarded, m.limitWrites, m.reports, m.reportSeconds, m.connections, m.replyOverflow, leader, term,
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.forwarded, m.limitWrites, m.reports, m.reportSeconds, m.connections, m.replyOverflow, m.rejectedInput, leader, term,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -98,10 +113,19 @@ func (s *Server) instrument(next echo.HandlerFunc) echo.HandlerFunc {
 		code := c.Response().Status
 		if err != nil {
 			code = toError(err).Status
+			s.countRejectedInput(err)
 		}
 		method := c.Request().Method
 		s.metrics.requests.WithLabelValues(route, method, strconv.Itoa(code)).Inc()
 		s.metrics.duration.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
 		return err
+	}
+}
+
+// countRejectedInput counts err in throttle_rejected_input_total when it
+// reports an exceeded input limit.
+func (s *Server) countRejectedInput(err error) {
+	if reason := rejectedInputReason(err); reason != "" {
+		s.metrics.rejectedInput.WithLabelValues(reason).Inc()
 	}
 }

@@ -9,11 +9,14 @@ import (
 // parseReport decodes a well-formed report without reflection: an object
 // with node_id, slot_number, optional version, and consumption and
 // rejection as service -> user -> resource -> number. It returns false for
-// anything else (escapes in strings, null, unknown keys, a syntax error, a
-// slot that is not a plain integer), and the caller decodes again with
-// encoding/json, which also names the field at fault. Reports are the
-// leader's hottest input: at 200 nodes of 1,000 users each, generic JSON
-// decoding was the largest single cost.
+// anything else, and the caller decodes again with encoding/json, which
+// also names the field at fault. Anything else is escapes in strings,
+// null, unknown keys, a syntax error, a slot that is not a plain integer, a
+// repeated consumption or rejection key, or more entries than
+// MaxReportServices, MaxReportUsers or MaxReportResources allow. The entry
+// limits are checked as each entry is added, so parsing stops at the first
+// entry over one. Reports are the leader's hottest input: at 200 nodes of
+// 1,000 users each, generic JSON decoding was the largest single cost.
 func parseReport(data []byte) (*protocol.Report, bool) {
 	p := reportParser{data: data}
 	r := &protocol.Report{}
@@ -49,11 +52,19 @@ func parseReport(data []byte) (*protocol.Report, bool) {
 				return nil, false
 			}
 			r.Version = int(version)
+		// encoding/json merges a repeated key's object into the map it
+		// decoded before, so a repeat is left to it.
 		case "consumption":
+			if r.Consumption != nil {
+				return nil, false
+			}
 			if r.Consumption, ok = p.counts(); !ok {
 				return nil, false
 			}
 		case "rejection":
+			if r.Rejection != nil {
+				return nil, false
+			}
 			if r.Rejection, ok = p.counts(); !ok {
 				return nil, false
 			}
@@ -163,8 +174,13 @@ func (p *reportParser) numberText() []byte {
 	return p.data[start:p.pos]
 }
 
+// integer reads a JSON number that is a plain integer. strconv.ParseInt
+// alone would also take a leading '+' or leading zeros, which JSON forbids.
 func (p *reportParser) integer() (int64, bool) {
 	text := p.numberText()
+	if !validJSONNumber(text) {
+		return 0, false
+	}
 	v, err := strconv.ParseInt(string(text), 10, 64)
 	return v, err == nil
 }
@@ -245,18 +261,28 @@ func (p *reportParser) object(shared bool, value func(key string) bool) bool {
 	}
 }
 
+// counts reads service -> user -> resource -> number. It returns false as
+// soon as a map has more entries than MaxReportServices, MaxReportUsers or
+// MaxReportResources allow. Counting the map after each insert counts a
+// repeated key once, as encoding/json does.
 func (p *reportParser) counts() (protocol.Counts, bool) {
 	counts := protocol.Counts{}
 	ok := p.object(true, func(service string) bool {
 		users := map[string]map[string]float64{}
 		counts[service] = users
+		if len(counts) > MaxReportServices {
+			return false
+		}
 		return p.object(false, func(user string) bool {
 			resources := make(map[string]float64, 4)
 			users[user] = resources
+			if len(users) > MaxReportUsers {
+				return false
+			}
 			return p.object(true, func(resource string) bool {
 				v, ok := p.number()
 				resources[resource] = v
-				return ok
+				return ok && len(resources) <= MaxReportResources
 			})
 		})
 	})

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -25,6 +26,14 @@ import (
 // MaxFrame is the largest WebSocket message the Lua client sends or
 // accepts: one unfragmented frame of at most 65,535 bytes.
 const MaxFrame = 65535
+
+// MaxSocketsPerNode is the maximum number of open report WebSockets of one
+// node ID on one central. The Lua client keeps one socket per node, and
+// the other three leave room for sockets of a reconnecting client that this
+// central has not yet seen close. A socket counts for the node ID of its
+// first report frame. So the limit stops a client that leaks sockets, but
+// not one that sends a new node ID on each.
+const MaxSocketsPerNode = 4
 
 // frameTimeout bounds the handling of one frame, forwarding included. The
 // Lua client gives up after 200 ms, so anything slower is lost anyway.
@@ -82,10 +91,24 @@ func (s *Server) throttle(c echo.Context) error {
 	defer cancel()
 	stop := context.AfterFunc(s.closing, cancel)
 	defer stop()
+	// nodeID is the node this socket counts for, set by its first report
+	// frame.
+	nodeID := ""
+	defer func() {
+		if nodeID != "" {
+			s.metrics.nodeSockets.release(nodeID)
+		}
+	}()
 	for {
 		kind, data, err := conn.Read(ctx)
 		if err != nil {
-			if websocket.CloseStatus(err) == -1 && !errors.Is(err, io.EOF) && ctx.Err() == nil {
+			switch {
+			case errors.Is(err, websocket.ErrMessageTooBig):
+				// The library has closed the socket with 1009 (message too big).
+				s.metrics.rejectedInput.WithLabelValues(reasonFrameSize).Inc()
+				s.log.Warn("closed a report WebSocket: frame larger than the maximum", slog.String("remote", req.RemoteAddr),
+					slog.String("node_id", nodeID), slog.Int("max_bytes", MaxFrame))
+			case websocket.CloseStatus(err) == -1 && !errors.Is(err, io.EOF) && ctx.Err() == nil:
 				s.log.Debug("WebSocket read ended", slog.String("remote", req.RemoteAddr), slog.Any("error", err))
 			}
 			return nil
@@ -93,6 +116,17 @@ func (s *Server) throttle(c echo.Context) error {
 		if kind != websocket.MessageText {
 			conn.Close(websocket.StatusUnsupportedData, "send reports as text frames")
 			return nil
+		}
+		if nodeID == "" {
+			id := frameNodeID(data)
+			if id != "" && !s.metrics.nodeSockets.acquire(id) {
+				s.metrics.rejectedInput.WithLabelValues(reasonNodeSockets).Inc()
+				s.log.Warn("closed a report WebSocket: its node already has the maximum number of open sockets",
+					slog.String("remote", req.RemoteAddr), slog.String("node_id", id), slog.Int("max_sockets", MaxSocketsPerNode))
+				conn.Close(websocket.StatusPolicyViolation, socketLimitReason)
+				return nil
+			}
+			nodeID = id
 		}
 		reply, closeReason := s.handleFrame(ctx, data)
 		if closeReason != "" {
@@ -107,6 +141,64 @@ func (s *Server) throttle(c echo.Context) error {
 			return nil
 		}
 	}
+}
+
+// socketLimitReason is the close reason of a socket over MaxSocketsPerNode.
+// A close reason has at most 123 bytes, so it leaves out the node ID.
+var socketLimitReason = fmt.Sprintf("this node_id already has %d open report sockets on this central, the maximum; close one first", MaxSocketsPerNode)
+
+// nodeSockets counts the open report WebSockets of each node ID.
+type nodeSockets struct {
+	mu     sync.Mutex
+	byNode map[string]int
+}
+
+func newNodeSockets() *nodeSockets {
+	return &nodeSockets{byNode: make(map[string]int)}
+}
+
+// acquire counts one more socket of nodeID and returns true, or returns
+// false and counts nothing when nodeID has MaxSocketsPerNode already.
+func (n *nodeSockets) acquire(nodeID string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.byNode[nodeID] >= MaxSocketsPerNode {
+		return false
+	}
+	n.byNode[nodeID]++
+	return true
+}
+
+// release counts one socket of nodeID fewer.
+func (n *nodeSockets) release(nodeID string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.byNode[nodeID] <= 1 {
+		delete(n.byNode, nodeID)
+		return
+	}
+	n.byNode[nodeID]--
+}
+
+// count returns the number of open sockets of nodeID.
+func (n *nodeSockets) count(nodeID string) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.byNode[nodeID]
+}
+
+// frameNodeID returns the node_id of a report frame, or "" when the frame
+// is not a JSON object with a valid node_id, as for a monitor frame. It
+// runs on a socket's frames until one names a node, on followers too, which
+// forward reports without decoding them.
+func frameNodeID(data []byte) string {
+	var frame struct {
+		NodeID string `json:"node_id"`
+	}
+	if json.Unmarshal(data, &frame) != nil || quota.ValidateName("node_id", frame.NodeID) != nil {
+		return ""
+	}
+	return frame.NodeID
 }
 
 // handleFrame returns the reply to one frame. A non-empty closeReason means no leader
@@ -127,6 +219,7 @@ func (s *Server) handleFrame(ctx context.Context, data []byte) (reply []byte, cl
 	r, err := DecodeReport(data)
 	if err != nil {
 		s.metrics.reports.WithLabelValues("websocket", "invalid").Inc()
+		s.countRejectedInput(err)
 		return errorFrame(err), ""
 	}
 	if s.cfg.Reports != nil && s.cfg.Cluster.IsLeader() {

@@ -874,3 +874,91 @@ func TestWebSocketMonitorFrameOnFollower(t *testing.T) {
 		t.Errorf("leader's Monitor received %+v, want [%+v]", queries, want)
 	}
 }
+
+// waitForSockets polls until nodeID has want open report sockets on n, and
+// fails the test after socketTimeout.
+func waitForSockets(t *testing.T, n *testNode, nodeID string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(socketTimeout)
+	for {
+		got := n.api.metrics.nodeSockets.count(nodeID)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node %s has %d open report sockets after %v, want %d", nodeID, got, socketTimeout, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestWebSocketSocketsPerNodeLimit(t *testing.T) {
+	reporter := &fakeReporter{}
+	node := newReportLeader(t, reporter, nil, nil)
+	server := serveNode(t, node)
+	const slot = 1796411856
+
+	var open []*websocket.Conn
+	for i := range MaxSocketsPerNode {
+		conn := dialSocket(t, socketURL(server), nil)
+		decodeLuaReply(t, exchangeFrame(t, conn, reportFrame("edge-1", slot+int64(i))), "front")
+		open = append(open, conn)
+	}
+	extra := dialSocket(t, socketURL(server), nil)
+	sendFrame(t, extra, websocket.MessageText, []byte(reportFrame("edge-1", slot+10)))
+
+	reason := wantClosed(t, extra, websocket.StatusPolicyViolation)
+	if want := fmt.Sprintf("already has %d open report sockets", MaxSocketsPerNode); !strings.Contains(reason, want) {
+		t.Errorf("close reason %q does not contain %q", reason, want)
+	}
+	if got := len(reporter.received()); got != MaxSocketsPerNode {
+		t.Errorf("Reporter received %d reports, want %d: the report on the extra socket must not count", got, MaxSocketsPerNode)
+	}
+	wantRejectedInput(t, node, reasonNodeSockets, 1)
+
+	// The sockets at the limit still work, and another node is not limited.
+	decodeLuaReply(t, exchangeFrame(t, open[0], reportFrame("edge-1", slot+20)), "front")
+	other := dialSocket(t, socketURL(server), nil)
+	decodeLuaReply(t, exchangeFrame(t, other, reportFrame("edge-2", slot)), "front")
+
+	// A closed socket frees its place for a new one.
+	if err := open[0].Close(websocket.StatusNormalClosure, ""); err != nil {
+		t.Fatalf("closing a socket of edge-1: %v", err)
+	}
+	waitForSockets(t, node, "edge-1", MaxSocketsPerNode-1)
+	replacement := dialSocket(t, socketURL(server), nil)
+	decodeLuaReply(t, exchangeFrame(t, replacement, reportFrame("edge-1", slot+30)), "front")
+	waitForSockets(t, node, "edge-1", MaxSocketsPerNode)
+}
+
+func TestWebSocketFrameSizeCounted(t *testing.T) {
+	reporter := &fakeReporter{}
+	node := newReportLeader(t, reporter, nil, nil)
+	server := serveNode(t, node)
+	atLimit := dialSocket(t, socketURL(server), nil)
+	overLimit := dialSocket(t, socketURL(server), nil)
+
+	sendFrame(t, atLimit, websocket.MessageText, padFrame(t, reportFrame("edge-1", 1796411856), MaxFrame))
+	decodeLuaReply(t, readTextFrame(t, atLimit), "front")
+	ctx, cancel := context.WithTimeout(context.Background(), socketTimeout)
+	defer cancel()
+	// The central may close before it has read the whole frame, so the
+	// write can fail; the close status below is what counts.
+	if err := overLimit.Write(ctx, websocket.MessageText, padFrame(t, reportFrame("edge-1", 1796411857), MaxFrame+1)); err != nil {
+		t.Logf("writing the oversized frame: %v", err)
+	}
+
+	wantClosed(t, overLimit, websocket.StatusMessageTooBig)
+	if got := len(reporter.received()); got != 1 {
+		t.Errorf("Reporter received %d reports, want only the one at the limit", got)
+	}
+	// The handler counts after the close frame is sent, so poll.
+	deadline := time.Now().Add(socketTimeout)
+	for metricValue(t, node, "throttle_rejected_input_total", map[string]string{"reason": reasonFrameSize}) != 1 {
+		if time.Now().After(deadline) {
+			wantRejectedInput(t, node, reasonFrameSize, 1)
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

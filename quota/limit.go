@@ -72,6 +72,12 @@ func CheckAmount(field string, v float64) error {
 // MaxNameLength is the longest service, user, resource or node name, in bytes.
 const MaxNameLength = 128
 
+// ErrNameTooLong marks a name longer than MaxNameLength, so callers can
+// count it apart from other invalid input. It wraps ErrInvalid and has the
+// same message, so the errors that wrap it read like every other invalid
+// input.
+var ErrNameTooLong = fmt.Errorf("%w", ErrInvalid)
+
 // ValidateName checks a service, user, resource or node name: 1 to
 // MaxNameLength bytes of printable characters, without '/'. field names the
 // value in the error, for example "service" or "consumption.front".
@@ -80,7 +86,7 @@ func ValidateName(field, name string) error {
 		return fmt.Errorf("%w: %s is empty", ErrInvalid, field)
 	}
 	if len(name) > MaxNameLength {
-		return fmt.Errorf("%w: %s is %d bytes long; the maximum is %d", ErrInvalid, field, len(name), MaxNameLength)
+		return fmt.Errorf("%w: %s is %d bytes long; the maximum is %d", ErrNameTooLong, field, len(name), MaxNameLength)
 	}
 	for _, r := range name {
 		if r == '/' || r < 0x20 || r == 0x7f || r == '\uFFFD' {
