@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/throttlecentral/throttle-central/protocol"
 	"io"
 	"net/http"
 	"strings"
@@ -23,13 +24,13 @@ import (
 const (
 	// MaxReportServices is the maximum number of services in a report's
 	// consumption map, and again in its rejection map.
-	MaxReportServices = 64
+	MaxReportServices = protocol.MaxReportServices
 	// MaxReportUsers is the maximum number of users of one service in
 	// consumption or in rejection. A 1 MiB body cannot carry many more.
-	MaxReportUsers = 100_000
+	MaxReportUsers = protocol.MaxReportUsers
 	// MaxReportResources is the maximum number of resources of one user in
 	// consumption or in rejection.
-	MaxReportResources = 16
+	MaxReportResources = protocol.MaxReportResources
 	// MaxLimitResources is the maximum number of resources in the limit map
 	// of one PUT /v1/limits request. It equals MaxReportResources, because
 	// a report can carry no more resources of one user than that.

@@ -690,6 +690,38 @@ func TestClientRemovesInvalidNames(t *testing.T) {
 	}
 }
 
+func TestClientTrimsReportToLimits(t *testing.T) {
+	central := newFakeCentral(t, nil)
+	client := newTestClient(t, at(testSlot-1, 500), []string{central.url()}, nil)
+	resources := map[string]float64{}
+	for i := range protocol.MaxReportResources + 2 {
+		resources["r"+strconv.Itoa(i)] = 1
+	}
+	client.Consume(testService, "alice", resources)
+	for i := range protocol.MaxReportServices + 3 {
+		client.Consume("s"+strconv.Itoa(i), "bob", map[string]float64{"traffic_up": 1})
+	}
+	client.clock.set(at(testSlot, 50))
+
+	if err := client.report(testSlot); err != nil {
+		t.Fatalf("report: %v", err)
+	}
+
+	report := central.received()[0].report
+	if got := len(report.Consumption); got != protocol.MaxReportServices {
+		t.Errorf("report names %d services in consumption, want the maximum %d", got, protocol.MaxReportServices)
+	}
+	if got := len(report.Rejection); got != protocol.MaxReportServices {
+		t.Errorf("report names %d services in rejection, want the maximum %d", got, protocol.MaxReportServices)
+	}
+	if users, ok := report.Consumption[testService]; ok && len(users["alice"]) > protocol.MaxReportResources {
+		t.Errorf("alice has %d resources in the report, want at most %d", len(users["alice"]), protocol.MaxReportResources)
+	}
+	if got := client.Stats().InvalidEntries; got < 3 {
+		t.Errorf("Stats.InvalidEntries = %d, want at least the 3 services beyond the maximum", got)
+	}
+}
+
 func TestClientReadsLuaShapedReply(t *testing.T) {
 	central := newFakeCentral(t, nil)
 	central.setRespond(func(report protocol.Report) (int, any) {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -477,6 +478,7 @@ func (c *Client) removeInvalidEntries(report *protocol.Report) {
 				delete(part.counts, service)
 				continue
 			}
+			userCount := 0
 			for user, resources := range users {
 				if err := quota.ValidateName("user", user); err != nil {
 					removed++
@@ -484,10 +486,23 @@ func (c *Client) removeInvalidEntries(report *protocol.Report) {
 					delete(users, user)
 					continue
 				}
+				if userCount++; userCount > protocol.MaxReportUsers {
+					removed++
+					example = cmp.Or(example, fmt.Errorf("%s.%s: more than %d users in one report", part.field, service, protocol.MaxReportUsers))
+					delete(users, user)
+					continue
+				}
+				resourceCount := 0
 				for resource, amount := range resources {
 					if err := quota.ValidateName("resource", resource); err != nil {
 						removed++
 						example = cmp.Or(example, fmt.Errorf("%s.%s.%s: %w", part.field, service, user, err))
+						delete(resources, resource)
+						continue
+					}
+					if resourceCount++; resourceCount > protocol.MaxReportResources {
+						removed++
+						example = cmp.Or(example, fmt.Errorf("%s.%s.%s: more than %d resources of one user", part.field, service, user, protocol.MaxReportResources))
 						delete(resources, resource)
 						continue
 					}
@@ -500,6 +515,16 @@ func (c *Client) removeInvalidEntries(report *protocol.Report) {
 				}
 			}
 		}
+	}
+	// The same services are kept in both maps: the first ones by name.
+	if services := report.Services(); len(services) > protocol.MaxReportServices {
+		slices.Sort(services)
+		for _, service := range services[protocol.MaxReportServices:] {
+			removed += len(report.Consumption[service]) + len(report.Rejection[service])
+			delete(report.Consumption, service)
+			delete(report.Rejection, service)
+		}
+		example = cmp.Or(example, fmt.Errorf("%d services in one report, more than the maximum %d", len(services), protocol.MaxReportServices))
 	}
 	// A service removed from one map but not the other would break the
 	// rule that every reported service is in both.
@@ -518,7 +543,7 @@ func (c *Client) removeInvalidEntries(report *protocol.Report) {
 		return
 	}
 	c.updateStats(func(s *Stats) { s.InvalidEntries += uint64(removed) })
-	c.log.Warn("report entries with names the central rejects are left out; fix the names passed to Consume and Throttle",
+	c.log.Warn("report entries with names the central rejects, or beyond the limits of one report, are left out; fix the names and counts passed to Consume",
 		slog.Int64("report_slot", report.Slot), slog.Int("entries", removed), slog.Any("example", example))
 }
 

@@ -4,6 +4,20 @@
 // must not change.
 package protocol
 
+// Limits of one report that the central enforces: a report over any of
+// them is rejected whole. Edge clients leave out what goes beyond them.
+const (
+	// MaxReportServices is the maximum number of services in a report's
+	// consumption map, and again in its rejection map.
+	MaxReportServices = 64
+	// MaxReportUsers is the maximum number of users of one service in
+	// consumption or in rejection.
+	MaxReportUsers = 100_000
+	// MaxReportResources is the maximum number of resources of one user in
+	// consumption or in rejection.
+	MaxReportResources = 16
+)
+
 // Counts holds per-slot amounts: service -> user -> resource -> amount.
 // Amounts are float64 because the Lua client encodes large integers in
 // exponent form (for example 1.2345678901234e+14).
