@@ -180,7 +180,8 @@ func (a *allocator) start() error {
 }
 
 // stop ends the slot loop and drops the engine. Reports get
-// ErrNotAllocating from then on.
+// ErrNotAllocating from then on, and the accuracy gauges disappear, so that
+// only the leader exports them.
 func (a *allocator) stop() {
 	a.runMu.Lock()
 	defer a.runMu.Unlock()
@@ -193,6 +194,9 @@ func (a *allocator) stop() {
 		a.cancel = nil
 	}
 	a.replies.clear()
+	if a.metrics != nil {
+		a.metrics.clearAccuracy()
+	}
 }
 
 // firstSlot is the slot of the first assignment that can still run at its

@@ -56,6 +56,11 @@ type Config struct {
 	// CheckpointEvery is how often, in slots, the leader replicates bucket
 	// levels for a successor; zero means DefaultCheckpointEvery.
 	CheckpointEvery int64
+	// MetricsTopUsers is how many buckets with the highest admitted/limit
+	// ratio the leader exports as throttle_top_user_admitted_ratio, from 0
+	// (none) to quota.MaxTopUsers. cmd/throttle-central sets it from
+	// --metrics-top-users, whose default is quota.DefaultTopUsers.
+	MetricsTopUsers int
 
 	// TLS secures the HTTP listener; the zero value serves plain HTTP.
 	TLS TLSConfig
@@ -164,7 +169,7 @@ func Start(cfg Config) (*Central, error) {
 		}
 	}
 
-	alloc := newAllocator(cfg.Logger, quota.Config{Mode: cfg.Allocation, HistorySlots: cfg.HistorySlots}, cfg.CheckpointEvery)
+	alloc := newAllocator(cfg.Logger, quota.Config{Mode: cfg.Allocation, HistorySlots: cfg.HistorySlots, TopUsers: cfg.MetricsTopUsers}, cfg.CheckpointEvery)
 	if _, err := quota.New(alloc.config); err != nil {
 		listener.Close()
 		return nil, err

@@ -1,10 +1,14 @@
 package quota
 
 import (
+	"cmp"
+	"container/heap"
 	"errors"
 	"fmt"
 	"math"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -32,6 +36,9 @@ type AssignResult struct {
 	Nodes int
 	// Entries is how many (node, user) quota entries were published.
 	Entries int
+	// Accuracy holds the amounts the nodes reported admitting in the slot
+	// before the assignment slot, set against the limits.
+	Accuracy Accuracy
 }
 
 // ErrAlreadyAssigned is returned by Assign for a slot that is not newer
@@ -56,8 +63,19 @@ func (e *Engine) Assign(slot int64, live Liveness) (AssignResult, error) {
 	nodes := e.snapshotNodes()
 	alive := make([]bool, len(nodes))
 	var liveIDs []string
+	accuracy := Accuracy{Slot: slot - 1}
 	for i, n := range nodes {
-		if n == nil || n.newestSlot() < slot-liveReportSlots || (live != nil && !live.Live(n.id)) {
+		if n == nil {
+			continue
+		}
+		if n.hasApplied(accuracy.Slot) {
+			accuracy.ReportedNodes++
+		}
+		newest := n.newestSlot()
+		if newest < slot-liveReportSlots || (live != nil && !live.Live(n.id)) {
+			if newest > slot-1-Window {
+				accuracy.NodesWithoutQuota++
+			}
 			continue
 		}
 		alive[i] = true
@@ -77,7 +95,8 @@ func (e *Engine) Assign(slot int64, live Liveness) (AssignResult, error) {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for w := range outputs {
-		aw := &assignWorker{engine: e, slot: slot, nodes: nodes, alive: alive, perNode: make([]entryChunks, len(nodes))}
+		aw := &assignWorker{engine: e, slot: slot, nodes: nodes, alive: alive, perNode: make([]entryChunks, len(nodes)),
+			accuracy: accuracyTotals{top: topUsers{k: e.topUsers}}}
 		outputs[w] = aw
 		wg.Add(1)
 		go func() {
@@ -111,6 +130,8 @@ func (e *Engine) Assign(slot int64, live Liveness) (AssignResult, error) {
 		result.Users += aw.users
 		result.Buckets += aw.buckets
 	}
+	accuracy.Resources, accuracy.TopUsers = mergeAccuracy(outputs, e.topUsers)
+	result.Accuracy = accuracy
 
 	e.history.addAssignment(slot, target, liveIDs, published)
 	e.pruneNodes(slot)
@@ -196,6 +217,8 @@ type assignWorker struct {
 	users   int
 	buckets int
 
+	accuracy accuracyTotals
+
 	cands   []candidate
 	members []*userNode
 	split   []float64
@@ -243,6 +266,7 @@ func (w *assignWorker) assignShard(s *shard) {
 			continue
 		}
 		w.buckets += u.limited
+		w.account(u)
 		if w.assignUser(u) {
 			w.users++
 		}
@@ -411,4 +435,290 @@ func (e *Engine) pruneNodes(slot int64) {
 			e.freeIdx = append(e.freeIdx, n.idx)
 		}
 	}
+}
+
+// Accuracy holds the amounts the edge nodes reported admitting in the
+// latest complete slot, set against the limits. The assignment of slot S
+// sums the counts of S-1 that had arrived when it ran. A node sends its
+// report of S-1 about 50 ms into S, and the assignment runs at the middle
+// of S. A report that arrives later, or never, counts nothing here,
+// although Ingest still bills it. So Admitted and Rejected are lower bounds
+// when ReportedNodes is below the number of nodes that serve the users.
+type Accuracy struct {
+	// Slot is the slot whose counts are summed: the assignment slot - 1.
+	Slot int64
+	// ReportedNodes is how many nodes' reports of Slot had been ingested.
+	ReportedNodes int
+	// NodesWithoutQuota is how many nodes sent a report within the last
+	// Window slots but were not live, so this assignment gave them no
+	// quota and they admit by their fallback. A node that stopped counts
+	// here until Window slots after its last report.
+	NodesWithoutQuota int
+	// Resources holds one entry per (service, resource) on which a user has
+	// a limit, sorted by service and resource.
+	Resources []ResourceAccuracy
+	// TopUsers holds up to Config.TopUsers buckets with the highest
+	// admitted/limit ratio in Slot, highest first. Ties are ordered by
+	// service, user and resource.
+	TopUsers []UserAccuracy
+}
+
+// ResourceAccuracy sums the counts of Accuracy.Slot over the users with a
+// limit on one resource of one service.
+type ResourceAccuracy struct {
+	Service, Resource string
+	// ActiveUsers is how many users consumed or were rejected on the
+	// resource in the slot, on any node.
+	ActiveUsers int
+	// Admitted is the consumption the nodes reported for those users, in
+	// the resource's unit.
+	Admitted float64
+	// Limit is the sum of the rates of those users, per slot, so that
+	// Admitted/Limit is their admitted share of their limits.
+	Limit float64
+	// Rejected is the rejections the nodes reported for those users, in
+	// requests.
+	Rejected float64
+	// RatioCounts counts the users that consumed the resource by their
+	// admitted/rate ratio: RatioCounts[i] those above RatioBuckets()[i-1]
+	// and at most RatioBuckets()[i], and the last entry those above every
+	// bound. Users with a rate of 0 are left out, because their ratio is
+	// not finite.
+	RatioCounts []uint64
+	// RatioSum is the sum of the ratios counted in RatioCounts.
+	RatioSum float64
+}
+
+// UserAccuracy is one bucket's admitted amount in Accuracy.Slot against its
+// rate.
+type UserAccuracy struct {
+	Service, User, Resource string
+	Admitted, Limit, Ratio  float64
+}
+
+// ratioBuckets are the upper bounds of ResourceAccuracy.RatioCounts: fine
+// around 1, where an exact limit lands, and coarse away from it. A ratio
+// above 1 in one slot can be stored burst being spent.
+var ratioBuckets = [...]float64{0.5, 0.8, 0.9, 0.95, 1, 1.05, 1.1, 1.2, 1.5, 2}
+
+// RatioBuckets returns the upper bounds of ResourceAccuracy.RatioCounts,
+// in increasing order.
+func RatioBuckets() []float64 {
+	return slices.Clone(ratioBuckets[:])
+}
+
+// ratioBucket returns the index in ResourceAccuracy.RatioCounts of ratio.
+func ratioBucket(ratio float64) int {
+	for i, bound := range ratioBuckets {
+		if ratio <= bound {
+			return i
+		}
+	}
+	return len(ratioBuckets)
+}
+
+// hasApplied reports whether the counts of slot from n were applied.
+func (n *nodeState) hasApplied(slot int64) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.newest == 0 || slot > n.newest || slot <= n.newest-duplicateSlots {
+		return false
+	}
+	return n.applied&(uint64(1)<<uint(n.newest-slot)) != 0
+}
+
+// accuracyTotals is one assignment worker's share of the Accuracy.
+type accuracyTotals struct {
+	services map[string]*serviceTotals
+	// last caches the totals of the latest service looked up, because
+	// consecutive users are often of the same service.
+	last *serviceTotals
+	top  topUsers
+	// admitted and rejected hold the current user's sums over the nodes,
+	// aligned with its limitedIdx.
+	admitted, rejected []float64
+}
+
+// serviceTotals holds the totals of one service's resources, found by a
+// scan because a service has few resources.
+type serviceTotals struct {
+	service   string
+	resources []ResourceAccuracy
+}
+
+func (a *accuracyTotals) service(name string) *serviceTotals {
+	if a.last != nil && a.last.service == name {
+		return a.last
+	}
+	t := a.services[name]
+	if t == nil {
+		if a.services == nil {
+			a.services = make(map[string]*serviceTotals)
+		}
+		t = &serviceTotals{service: name}
+		a.services[name] = t
+	}
+	a.last = t
+	return t
+}
+
+func (t *serviceTotals) resource(name string) *ResourceAccuracy {
+	for i := range t.resources {
+		if t.resources[i].Resource == name {
+			return &t.resources[i]
+		}
+	}
+	t.resources = append(t.resources, ResourceAccuracy{
+		Service:     t.service,
+		Resource:    name,
+		RatioCounts: make([]uint64, len(ratioBuckets)+1),
+	})
+	return &t.resources[len(t.resources)-1]
+}
+
+// add adds the totals of o, of the same service and resource.
+func (r *ResourceAccuracy) add(o *ResourceAccuracy) {
+	r.ActiveUsers += o.ActiveUsers
+	r.Admitted += o.Admitted
+	r.Limit += o.Limit
+	r.Rejected += o.Rejected
+	for i, n := range o.RatioCounts {
+		r.RatioCounts[i] += n
+	}
+	r.RatioSum += o.RatioSum
+}
+
+// account adds what the nodes reported about u for the slot before the
+// assignment slot to the worker's accuracy totals. A node whose report of
+// that slot has not been ingested counts nothing. The caller holds the
+// user's shard lock.
+func (w *assignWorker) account(u *userState) {
+	reported := w.slot - 1
+	limited := len(u.limitedIdx)
+	a := &w.accuracy
+	if cap(a.admitted) < limited {
+		a.admitted = make([]float64, limited)
+		a.rejected = make([]float64, limited)
+	}
+	admitted, rejected := a.admitted[:limited], a.rejected[:limited]
+	clear(admitted)
+	clear(rejected)
+	for _, un := range u.nodes {
+		if un.slot != reported {
+			continue
+		}
+		for j, i := range u.limitedIdx {
+			// A node's slices are shorter when the resource was added
+			// after its latest report, which then did not name it.
+			if i < len(un.consumption) {
+				admitted[j] += un.consumption[i]
+				rejected[j] += un.rejection[i]
+			}
+		}
+	}
+
+	totals := a.service(u.key.service)
+	for j, i := range u.limitedIdx {
+		r := u.resources[i]
+		admitted, rejected := admitted[j], rejected[j]
+		t := totals.resource(r.name)
+		if admitted == 0 && rejected == 0 {
+			continue
+		}
+		t.ActiveUsers++
+		t.Admitted += admitted
+		t.Rejected += rejected
+		t.Limit += r.limit.Rate
+		if admitted == 0 || r.limit.Rate == 0 {
+			continue
+		}
+		ratio := admitted / r.limit.Rate
+		t.RatioCounts[ratioBucket(ratio)]++
+		t.RatioSum += ratio
+		a.top.offer(u.key.service, u.key.user, r.name, admitted, r.limit.Rate, ratio)
+	}
+}
+
+// topUsers keeps the k highest-ranked buckets offered, as a heap
+// (container/heap) whose root is the lowest-ranked one kept.
+type topUsers struct {
+	k    int
+	kept []UserAccuracy
+}
+
+func (t *topUsers) Len() int           { return len(t.kept) }
+func (t *topUsers) Less(i, j int) bool { return ranksAbove(&t.kept[j], &t.kept[i]) }
+func (t *topUsers) Swap(i, j int)      { t.kept[i], t.kept[j] = t.kept[j], t.kept[i] }
+func (t *topUsers) Push(x any)         { t.kept = append(t.kept, x.(UserAccuracy)) }
+
+func (t *topUsers) Pop() any {
+	last := t.kept[len(t.kept)-1]
+	t.kept = t.kept[:len(t.kept)-1]
+	return last
+}
+
+// offer keeps the bucket when it ranks among the k highest so far.
+func (t *topUsers) offer(service, user, resource string, admitted, limit, ratio float64) {
+	if t.k == 0 || (len(t.kept) == t.k && ratio < t.kept[0].Ratio) {
+		return
+	}
+	u := UserAccuracy{Service: service, User: user, Resource: resource, Admitted: admitted, Limit: limit, Ratio: ratio}
+	if len(t.kept) < t.k {
+		heap.Push(t, u)
+		return
+	}
+	if ranksAbove(&u, &t.kept[0]) {
+		t.kept[0] = u
+		heap.Fix(t, 0)
+	}
+}
+
+// ranksAbove reports whether a comes before b in Accuracy.TopUsers: a
+// higher ratio, or the same ratio and a lower service, user and resource.
+func ranksAbove(a, b *UserAccuracy) bool {
+	if a.Ratio != b.Ratio {
+		return a.Ratio > b.Ratio
+	}
+	return cmp.Or(
+		strings.Compare(a.Service, b.Service),
+		strings.Compare(a.User, b.User),
+		strings.Compare(a.Resource, b.Resource),
+	) < 0
+}
+
+// mergeAccuracy joins the workers' totals into the Resources and the k
+// TopUsers of an Accuracy.
+func mergeAccuracy(outputs []*assignWorker, k int) ([]ResourceAccuracy, []UserAccuracy) {
+	type key struct{ service, resource string }
+	index := make(map[key]int)
+	var resources []ResourceAccuracy
+	var top []UserAccuracy
+	for _, aw := range outputs {
+		for _, totals := range aw.accuracy.services {
+			for j := range totals.resources {
+				t := &totals.resources[j]
+				k := key{t.Service, t.Resource}
+				if i, ok := index[k]; ok {
+					resources[i].add(t)
+					continue
+				}
+				index[k] = len(resources)
+				resources = append(resources, *t)
+			}
+		}
+		top = append(top, aw.accuracy.top.kept...)
+	}
+	slices.SortFunc(resources, func(a, b ResourceAccuracy) int {
+		return cmp.Or(strings.Compare(a.Service, b.Service), strings.Compare(a.Resource, b.Resource))
+	})
+	slices.SortFunc(top, func(a, b UserAccuracy) int {
+		if ranksAbove(&a, &b) {
+			return -1
+		}
+		if ranksAbove(&b, &a) {
+			return 1
+		}
+		return 0
+	})
+	return resources, top[:min(k, len(top))]
 }

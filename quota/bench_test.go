@@ -35,10 +35,11 @@ func benchUserNames(n int) []string {
 }
 
 // newBenchEngine returns an engine in mode in which every user has a limit
-// on each of benchResources, set in benchFirstSlot.
+// on each of benchResources, set in benchFirstSlot. It keeps the
+// DefaultTopUsers that throttle-central runs with.
 func newBenchEngine(b *testing.B, mode Mode, users []string) *Engine {
 	b.Helper()
-	e, err := New(Config{Mode: mode})
+	e, err := New(Config{Mode: mode, TopUsers: DefaultTopUsers})
 	if err != nil {
 		b.Fatalf("New(%q): %v", mode, err)
 	}
@@ -246,6 +247,11 @@ func benchmarkAssign(b *testing.B, mode Mode, users []string, nodes []benchNodeC
 		if got != wantQuotas || result.Nodes != len(nodes) {
 			b.Fatalf("Assign(%d) = %+v: %d quotas on %d nodes, want %d quotas on %d nodes",
 				slot, result, got, result.Nodes, wantQuotas, len(nodes))
+		}
+		accuracy := result.Accuracy
+		if accuracy.ReportedNodes != len(nodes) || len(accuracy.Resources) != len(benchResources) || len(accuracy.TopUsers) != DefaultTopUsers {
+			b.Fatalf("Assign(%d): accuracy of %d reported nodes, %d resources and %d top users, want %d, %d and %d",
+				slot, accuracy.ReportedNodes, len(accuracy.Resources), len(accuracy.TopUsers), len(nodes), len(benchResources), DefaultTopUsers)
 		}
 		quotas += got
 		slot++

@@ -72,7 +72,21 @@ type Config struct {
 	// HistorySlots is how many slots of monitor data are kept; zero means
 	// DefaultHistorySlots.
 	HistorySlots int
+	// TopUsers is how many (service, user, resource) buckets with the
+	// highest admitted/limit ratio each assignment returns in
+	// Accuracy.TopUsers, from 0 (none) to MaxTopUsers.
+	TopUsers int
 }
+
+const (
+	// DefaultTopUsers is the default of throttle-central's
+	// --metrics-top-users flag, which sets TopUsers. The zero Config
+	// returns no top users.
+	DefaultTopUsers = 10
+	// MaxTopUsers caps TopUsers, because each top user becomes one metric
+	// series.
+	MaxTopUsers = 1000
+)
 
 // Engine is the quota engine of the leader: it ingests reports, keeps one
 // token bucket per (service, user, resource) with a limit, and assigns each
@@ -95,6 +109,7 @@ type Config struct {
 type Engine struct {
 	mode         Mode
 	historySlots int
+	topUsers     int
 
 	seed   maphash.Seed
 	shards [shardCount]shard
@@ -137,9 +152,13 @@ func New(cfg Config) (*Engine, error) {
 	if slots < 1 {
 		return nil, fmt.Errorf("%w: history slots %d must be at least 1", ErrInvalid, slots)
 	}
+	if cfg.TopUsers < 0 || cfg.TopUsers > MaxTopUsers {
+		return nil, fmt.Errorf("%w: top users %d must be from 0 to %d", ErrInvalid, cfg.TopUsers, MaxTopUsers)
+	}
 	e := &Engine{
 		mode:         mode,
 		historySlots: slots,
+		topUsers:     cfg.TopUsers,
 		seed:         maphash.MakeSeed(),
 		nodes:        make(map[string]*nodeState),
 		history:      newHistory(slots),

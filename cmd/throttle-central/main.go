@@ -48,6 +48,7 @@ type options struct {
 	raftSnapshot  uint64
 	allocation    string
 	historySlots  int
+	topUsers      int
 	logLevel      string
 	logFormat     string
 	shutdown      time.Duration
@@ -85,6 +86,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	flags.BoolVar(&o.profiling, "debug-pprof", false, "serve Go runtime profiles under /debug/pprof/ on the HTTP listener; they expose internals, so keep it off in production")
 	flags.StringVar(&o.allocation, "allocation", string(quota.DefaultMode), "how the leader splits each user's bucket among edge nodes: reserve (grants set aside and settled, close to the limit every second) or classic (the original central's rule)")
 	flags.IntVar(&o.historySlots, "history-slots", quota.DefaultHistorySlots, "how many seconds of reports and quotas the leader keeps for the monitor API; memory grows with it")
+	flags.IntVar(&o.topUsers, "metrics-top-users", quota.DefaultTopUsers, fmt.Sprintf("how many (service, user, resource) buckets with the highest admitted/limit ratio in the latest second the leader exports as throttle_top_user_admitted_ratio, one series each; 0 turns them off, at most %d", quota.MaxTopUsers))
 	flags.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	flags.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	flags.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before the process exits anyway")
@@ -128,6 +130,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("--raft-election-timeout %v is below --raft-heartbeat-timeout %v; it must be at least as long", o.raftElection, o.raftHeartbeat)
 	case o.historySlots < 1:
 		return o, fmt.Errorf("--history-slots %d must be at least 1", o.historySlots)
+	case o.topUsers < 0 || o.topUsers > quota.MaxTopUsers:
+		return o, fmt.Errorf("--metrics-top-users %d is out of range; use 0 (off) to %d", o.topUsers, quota.MaxTopUsers)
 	}
 	if _, err := quota.ParseMode(o.allocation); err != nil {
 		return o, fmt.Errorf("--allocation: %w", err)
@@ -310,6 +314,8 @@ func run(args []string, stderr io.Writer) int {
 		GossipJoin:      splitList(o.gossipJoin),
 		GossipKey:       gossipKey,
 		Gossip:          o.gossipConfig(),
+
+		MetricsTopUsers: o.topUsers,
 
 		Logger: logger,
 	})

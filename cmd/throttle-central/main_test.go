@@ -24,6 +24,9 @@ func TestParseFlagsRequiresNodeIDAndDataDir(t *testing.T) {
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--shutdown-timeout", "0s"}, "--shutdown-timeout"},
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--allocation", "fair"}, `--allocation: invalid input: allocation mode "fair"`},
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--history-slots", "0"}, "--history-slots 0"},
+		{[]string{"--node-id", "c1", "--data-dir", "d", "--metrics-top-users", "-1"}, "--metrics-top-users -1 is out of range"},
+		{[]string{"--node-id", "c1", "--data-dir", "d", "--metrics-top-users", "1001"}, "--metrics-top-users 1001 is out of range; use 0 (off) to 1000"},
+		{[]string{"--node-id", "c1", "--data-dir", "d", "--metrics-top-users", "ten"}, `invalid value "ten" for flag -metrics-top-users`},
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--bootstrap", "--join", "a:1"}, "--bootstrap and --join exclude each other"},
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--raft-heartbeat-timeout", "1s", "--raft-election-timeout", "500ms"}, "--raft-election-timeout 500ms is below"},
 	} {
@@ -212,5 +215,34 @@ func TestHelpListsGossipFlags(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("help text lacks %q", want)
 		}
+	}
+}
+
+func TestParseFlagsMetricsTopUsers(t *testing.T) {
+	base := []string{"--node-id", "c1", "--data-dir", "d"}
+	o, err := parseFlags(base, &bytes.Buffer{})
+	if err != nil {
+		t.Fatalf("parseFlags(%v): %v", base, err)
+	}
+	if o.topUsers != 10 {
+		t.Errorf("default --metrics-top-users %d, want 10", o.topUsers)
+	}
+
+	t.Setenv("THROTTLE_METRICS_TOP_USERS", "0")
+	o, err = parseFlags(base, &bytes.Buffer{})
+	if err != nil {
+		t.Fatalf("parseFlags with THROTTLE_METRICS_TOP_USERS=0: %v", err)
+	}
+	if o.topUsers != 0 {
+		t.Errorf("THROTTLE_METRICS_TOP_USERS=0 gives %d top users, want 0", o.topUsers)
+	}
+
+	args := append(slices.Clone(base), "--metrics-top-users", "25")
+	o, err = parseFlags(args, &bytes.Buffer{})
+	if err != nil {
+		t.Fatalf("parseFlags(%v): %v", args, err)
+	}
+	if o.topUsers != 25 {
+		t.Errorf("--metrics-top-users 25 with THROTTLE_METRICS_TOP_USERS=0 gives %d, want the flag's 25", o.topUsers)
 	}
 }
