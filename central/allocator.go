@@ -32,6 +32,10 @@ const (
 	// the Lua client and the Go library send about 50 ms after the second
 	// starts. The slot offset of a node is measured against it.
 	reportLead = 50 * time.Millisecond
+	// maxClockOffset is the largest clock error, in seconds, that the
+	// leader maps away. A report further off is rejected: its node's clock
+	// is broken, or slot_number is not a unix second.
+	maxClockOffset = 24 * 60 * 60
 )
 
 // allocator runs the quota engine while this central leads: it ingests
@@ -284,6 +288,10 @@ func (a *allocator) Report(r *protocol.Report) (api.ReportReply, error) {
 		return api.ReportReply{}, errNotAllocating
 	}
 	offset := slotOffset(a.now(), r.Slot)
+	if offset > maxClockOffset || offset < -maxClockOffset {
+		return api.ReportReply{}, fmt.Errorf("%w: slot_number %d is %d s away from the central's clock; an edge node's clock must be within %d s (a day) of it, so check the clock of node %q",
+			quota.ErrInvalid, r.Slot, -offset, maxClockOffset, r.NodeID)
+	}
 	a.noteOffset(r.NodeID, offset)
 	local := *r
 	local.Slot += offset

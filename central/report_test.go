@@ -1,12 +1,11 @@
 package central
 
 import (
-	"bufio"
 	"encoding/json"
 	"math"
 	"net/http"
-	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -123,16 +122,10 @@ func TestLuaReportFixturesAccepted(t *testing.T) {
 	nodes := startCluster(t, 1)
 	addr := nodes[0].c.HTTPAddr()
 	waitForQuotaEngine(t, http.DefaultClient, "http://"+addr)
-	f, err := os.Open("../../shared/fixtures/lua-resty-throttle/reports.jsonl")
-	if err != nil {
-		t.Skipf("fixtures not available: %v", err)
-	}
-	defer f.Close()
-	scanner := bufio.NewScanner(f)
-	count := 0
-	for scanner.Scan() {
-		count++
-		status, body := request(t, http.MethodPost, addr, "/v1/report", json.RawMessage(scanner.Bytes()))
+	lines := readLuaReports(t)
+	for i, line := range lines {
+		count := i + 1
+		status, body := request(t, http.MethodPost, addr, "/v1/report", json.RawMessage(line))
 		if status != http.StatusOK {
 			t.Errorf("fixture line %d: status %d, body %s", count, status, body)
 			continue
@@ -160,8 +153,30 @@ func TestLuaReportFixturesAccepted(t *testing.T) {
 			}
 		}
 	}
-	if count != 28 {
-		t.Errorf("replayed %d fixture reports, want 28", count)
+	if len(lines) != 28 {
+		t.Errorf("replayed %d fixture reports, want 28", len(lines))
+	}
+}
+
+func TestReportFromBrokenClockRejected(t *testing.T) {
+	nodes := startCluster(t, 1)
+	addr := nodes[0].c.HTTPAddr()
+	waitForQuotaEngine(t, http.DefaultClient, "http://"+addr)
+
+	for _, slot := range []int64{12, time.Now().Unix() + 2*86400} {
+		r := protocol.Report{NodeID: "edge-1", Slot: slot, Consumption: protocol.Counts{"front": {}}, Rejection: protocol.Counts{"front": {}}}
+		status, body := request(t, http.MethodPost, addr, "/v1/report", r)
+		if status != http.StatusBadRequest {
+			t.Errorf("slot_number %d: status %d, want 400; body %s", slot, status, body)
+		}
+		if !strings.Contains(string(body), "slot_number "+strconv.FormatInt(slot, 10)) {
+			t.Errorf("slot_number %d: error %s does not name the value", slot, body)
+		}
+	}
+	// A clock off by whole seconds within a day is mapped, not rejected.
+	r := protocol.Report{NodeID: "edge-2", Slot: time.Now().Unix() - 3600, Consumption: protocol.Counts{"front": {}}, Rejection: protocol.Counts{"front": {}}}
+	if status, body := request(t, http.MethodPost, addr, "/v1/report", r); status != http.StatusOK {
+		t.Errorf("a clock an hour behind: status %d, want 200; body %s", status, body)
 	}
 }
 

@@ -191,6 +191,9 @@ func (s *secureNode) counterValue(t *testing.T, name string, labels map[string]s
 
 // readLuaReports returns the lines of luaReports and skips the test when
 // the file is absent.
+// The recorded slot numbers are moved to the present, keeping their
+// spacing, because the leader rejects a report more than a day off its
+// clock; every other byte stays as recorded.
 func readLuaReports(t *testing.T) [][]byte {
 	t.Helper()
 	file, err := os.Open(luaReports)
@@ -211,7 +214,35 @@ func readLuaReports(t *testing.T) [][]byte {
 	if err := scanner.Err(); err != nil {
 		t.Fatalf("reading %s: %v", luaReports, err)
 	}
-	return lines
+	return moveSlotsToPresent(t, lines, time.Now().Unix())
+}
+
+// recordedSlot matches the slot_number field of a recorded report.
+var recordedSlot = regexp.MustCompile(`"slot_number":\s*([0-9]+)`)
+
+// moveSlotsToPresent rewrites the slot_number of every line so that the
+// first becomes now and the others keep their distance from it.
+func moveSlotsToPresent(t *testing.T, lines [][]byte, now int64) [][]byte {
+	t.Helper()
+	base := int64(0)
+	out := make([][]byte, len(lines))
+	for i, line := range lines {
+		match := recordedSlot.FindSubmatchIndex(line)
+		if match == nil {
+			out[i] = line
+			continue
+		}
+		slot, err := strconv.ParseInt(string(line[match[2]:match[3]]), 10, 64)
+		if err != nil {
+			t.Fatalf("fixture line %d: slot_number %s: %v", i+1, line[match[2]:match[3]], err)
+		}
+		if base == 0 {
+			base = slot
+		}
+		moved := append(bytes.Clone(line[:match[2]]), strconv.FormatInt(now+slot-base, 10)...)
+		out[i] = append(moved, line[match[3]:]...)
+	}
+	return out
 }
 
 // checkLuaReply returns what in reply the Lua client would reject, or ""
