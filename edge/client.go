@@ -213,6 +213,8 @@ func parseCentrals(bases []string) ([]central, error) {
 	for _, base := range bases {
 		u, err := url.Parse(base)
 		switch {
+		case !strings.Contains(base, "://"):
+			return nil, fmt.Errorf("edge: invalid central URL %q: it has no scheme; write it as http://%s or https://%s", base, base, base)
 		case err != nil:
 			return nil, fmt.Errorf("edge: invalid central URL %q: %v", base, err)
 		case u.Scheme != "http" && u.Scheme != "https":

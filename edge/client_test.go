@@ -1011,6 +1011,7 @@ func TestNewClientRejectsInvalidOptions(t *testing.T) {
 		{"node ID with slash", func(o *ClientOptions) { o.NodeID = "a/b" }, `node ID "a/b"`},
 		{"no centrals", func(o *ClientOptions) { o.Centrals = nil }, "no central given"},
 		{"scheme", func(o *ClientOptions) { o.Centrals = []string{"ftp://127.0.0.1:8081"} }, `"ftp://127.0.0.1:8081": the scheme must be http or https`},
+		{"no scheme", func(o *ClientOptions) { o.Centrals = []string{"127.0.0.1:8081"} }, `write it as http://127.0.0.1:8081`},
 		{"missing scheme", func(o *ClientOptions) { o.Centrals = []string{"127.0.0.1:8081"} }, `"127.0.0.1:8081"`},
 		{"missing host", func(o *ClientOptions) { o.Centrals = []string{"http:///v1"} }, "the host is missing"},
 		{"query", func(o *ClientOptions) { o.Centrals = []string{"http://127.0.0.1:8081?a=b"} }, "query or fragment"},

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/throttlecentral/throttle-central/internal/cli"
 	"io"
 	"log/slog"
 	"net"
@@ -87,7 +88,9 @@ func parseFlags(args []string, stderr io.Writer, env environment) (options, erro
 		gossipJoin      string
 	)
 	flags := flag.NewFlagSet("throttle-agent", flag.ContinueOnError)
-	flags.SetOutput(stderr)
+	// The flag package writes only the help; run prints a parse error once,
+	// with a hint to the help.
+	flags.SetOutput(io.Discard)
 	flags.StringVar(&o.listen, "listen", "127.0.0.1:9090", "host:port of the local HTTP API; it must be a loopback address unless --listen-any is set")
 	flags.BoolVar(&o.listenAny, "listen-any", false, "allow --listen on a non-loopback address; the API has no authentication, so anyone who reaches it can consume a user's quota")
 	flags.StringVar(&o.nodeID, "node-id", "", "name of this edge node in reports and gossip, unique in the fleet (default: the host name)")
@@ -97,7 +100,7 @@ func parseFlags(args []string, stderr io.Writer, env environment) (options, erro
 	flags.StringVar(&o.tlsCA, "tls-ca", "", "PEM CA bundle that verifies the centrals' certificates (default: the system roots)")
 	flags.BoolVar(&o.tlsSkipVerify, "tls-skip-verify", false, "do not verify the centrals' certificates; for self-signed test set-ups only")
 	flags.StringVar(&o.tokenFile, "token-file", "", "file with a bearer token to send to the centrals as \"Authorization: Bearer <token>\"")
-	flags.DurationVar(&o.requestTimeout, "request-timeout", edge.DefaultRequestTimeout, "how long one report request to one central may take before the next central is tried")
+	cli.DurationVar(flags, &o.requestTimeout, "request-timeout", edge.DefaultRequestTimeout, "how long one report request to one central may take before the next central is tried")
 	flags.StringVar(&o.gossipAddr, "gossip-addr", "", "IP:port to gossip on as an edge member, TCP and UDP; empty disables gossip, and the centrals then count this node live while it reports")
 	flags.StringVar(&o.gossipAdvertise, "gossip-advertise", "", "IP:port other members reach this node's gossip at (default: the --gossip-addr address)")
 	flags.StringVar(&gossipJoin, "gossip-join", "", "comma-separated host:port gossip addresses of members to join, retried in the background")
@@ -105,8 +108,12 @@ func parseFlags(args []string, stderr io.Writer, env environment) (options, erro
 	flags.StringVar(&o.gossipKeyFile, "gossip-key-file", "", "file that contains the --gossip-key value")
 	flags.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	flags.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
-	flags.DurationVar(&o.shutdown, "shutdown-timeout", 5*time.Second, "how long a graceful shutdown may take; it includes waiting up to about one second for the final report")
+	cli.DurationVar(flags, &o.shutdown, "shutdown-timeout", 5*time.Second, "how long a graceful shutdown may take; it includes waiting up to about one second for the final report")
 	flags.Usage = func() {
+		if !cli.HelpRequested(args) {
+			return
+		}
+		flags.SetOutput(stderr)
 		fmt.Fprintf(stderr, "Usage: throttle-agent --centrals URL,... [flags]\n\n")
 		fmt.Fprintf(stderr, "Every flag can also be set as THROTTLE_AGENT_<FLAG> in the environment, for example THROTTLE_AGENT_CENTRALS.\n\nFlags:\n")
 		flags.PrintDefaults()
@@ -114,7 +121,7 @@ func parseFlags(args []string, stderr io.Writer, env environment) (options, erro
 	if err := flags.Parse(args); err != nil {
 		return o, err
 	}
-	if err := applyEnvironment(flags, env.lookup); err != nil {
+	if err := cli.ApplyEnvironment(flags, "THROTTLE_AGENT_", env.lookup); err != nil {
 		return o, err
 	}
 	if flags.NArg() > 0 {
@@ -131,7 +138,7 @@ func parseFlags(args []string, stderr io.Writer, env environment) (options, erro
 	if err := quota.ValidateName("--node-id", o.nodeID); err != nil {
 		return o, err
 	}
-	o.centrals = splitList(centrals)
+	o.centrals = cli.SplitList(centrals)
 	if len(o.centrals) == 0 {
 		return o, errors.New("--centrals is required: give the base URL of at least one central, for example http://127.0.0.1:8081")
 	}
@@ -162,7 +169,7 @@ func parseFlags(args []string, stderr io.Writer, env environment) (options, erro
 		if _, _, err := membership.ParseIPPort(o.gossipAddr); err != nil {
 			return o, fmt.Errorf("--gossip-addr: %w", err)
 		}
-		o.gossipJoin = splitList(gossipJoin)
+		o.gossipJoin = cli.SplitList(gossipJoin)
 		for _, addr := range o.gossipJoin {
 			if err := membership.ValidateJoinAddr(addr); err != nil {
 				return o, fmt.Errorf("--gossip-join: %w", err)
@@ -197,7 +204,7 @@ func validateListen(listen string, listenAny bool) error {
 // parseServiceFallback parses "front=closed,batch=open".
 func parseServiceFallback(list string) (map[string]edge.FallbackPolicy, error) {
 	policies := make(map[string]edge.FallbackPolicy)
-	for _, pair := range splitList(list) {
+	for _, pair := range cli.SplitList(list) {
 		service, name, found := strings.Cut(pair, "=")
 		if !found {
 			return nil, fmt.Errorf("--service-fallback %q is not SERVICE=POLICY", pair)
@@ -215,54 +222,6 @@ func parseServiceFallback(list string) (map[string]edge.FallbackPolicy, error) {
 		policies[service] = policy
 	}
 	return policies, nil
-}
-
-// applyEnvironment sets every flag not given on the command line from
-// THROTTLE_AGENT_<NAME>, where NAME is the flag name in upper case with '-'
-// as '_'. An invalid value names the variable.
-func applyEnvironment(flags *flag.FlagSet, lookup func(string) (string, bool)) error {
-	setOnCommandLine := make(map[string]bool)
-	flags.Visit(func(f *flag.Flag) { setOnCommandLine[f.Name] = true })
-	var errs []error
-	flags.VisitAll(func(f *flag.Flag) {
-		if setOnCommandLine[f.Name] {
-			return
-		}
-		name := "THROTTLE_AGENT_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		value, ok := lookup(name)
-		if !ok {
-			return
-		}
-		if err := flags.Set(f.Name, value); err != nil {
-			errs = append(errs, fmt.Errorf("environment variable %s=%q: %v", name, value, err))
-		}
-	})
-	return errors.Join(errs...)
-}
-
-func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q is invalid; use debug, info, warn or error", level)
-	}
-	opts := &slog.HandlerOptions{Level: lvl}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q is invalid; use text or json", format)
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, part := range strings.Split(s, ",") {
-		if part = strings.TrimSpace(part); part != "" {
-			out = append(out, part)
-		}
-	}
-	return out
 }
 
 // tlsConfig builds the TLS configuration for https centrals, or nil for
@@ -330,10 +289,10 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(addr s
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintln(stderr, "throttle-agent:", err)
+		fmt.Fprintf(stderr, "throttle-agent: %v\nrun throttle-agent --help for the flags\n", err)
 		return 2
 	}
-	logger, err := newLogger(o.logLevel, o.logFormat, stderr)
+	logger, err := cli.NewLogger(o.logLevel, o.logFormat, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "throttle-agent:", err)
 		return 2

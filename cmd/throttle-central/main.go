@@ -10,6 +10,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/throttlecentral/throttle-central/internal/cli"
 	"io"
 	"log/slog"
 	"os"
@@ -67,7 +68,9 @@ type options struct {
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	flags := flag.NewFlagSet("throttle-central", flag.ContinueOnError)
-	flags.SetOutput(stderr)
+	// The flag package writes only the help; run prints a parse error once,
+	// with a hint to the help.
+	flags.SetOutput(io.Discard)
 	flags.StringVar(&o.nodeID, "node-id", "", "Raft server ID of this central, unique in the cluster and fixed for the life of its data directory (required)")
 	flags.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:8081", "host:port the HTTP API listens on")
 	flags.StringVar(&o.httpAdvertise, "http-advertise", "", "host:port other centrals use to reach the HTTP API (default: the address --http-addr resolves to; required when it listens on all interfaces)")
@@ -80,8 +83,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	flags.StringVar(&o.tlsCA, "tls-ca", "", "PEM CA bundle that verifies other centrals' certificates when forwarding or joining (default: the system roots)")
 	flags.BoolVar(&o.tlsSkipVerify, "tls-skip-verify", false, "do not verify other centrals' certificates; for self-signed test set-ups only")
 	flags.StringVar(&o.accessKeys, "access-keys-file", "", "file of SigV4 key pairs, one \"ACCESS_KEY SECRET\" per line; when set, report WebSockets must be presigned with one of them")
-	flags.DurationVar(&o.raftHeartbeat, "raft-heartbeat-timeout", 0, "how long a follower waits without hearing from the leader before it starts an election (default 1s, as hashicorp/raft); lower means faster failover and more elections on a busy machine")
-	flags.DurationVar(&o.raftElection, "raft-election-timeout", 0, "how long a candidate waits for an election to finish, at least the heartbeat timeout (default 1s)")
+	cli.DurationVar(flags, &o.raftHeartbeat, "raft-heartbeat-timeout", 0, "how long a follower waits without hearing from the leader before it starts an election (default 1s, as hashicorp/raft); lower means faster failover and more elections on a busy machine")
+	cli.DurationVar(flags, &o.raftElection, "raft-election-timeout", 0, "how long a candidate waits for an election to finish, at least the heartbeat timeout (default 1s)")
 	flags.Uint64Var(&o.raftSnapshot, "raft-snapshot-threshold", 0, "Raft log entries between snapshots (default 8192)")
 	flags.BoolVar(&o.profiling, "debug-pprof", false, "serve Go runtime profiles under /debug/pprof/ on the HTTP listener; they expose internals, so keep it off in production")
 	flags.StringVar(&o.allocation, "allocation", string(quota.DefaultMode), "how the leader splits each user's bucket among edge nodes: reserve (grants set aside and settled, close to the limit every second) or classic (the original central's rule)")
@@ -89,17 +92,21 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	flags.IntVar(&o.topUsers, "metrics-top-users", quota.DefaultTopUsers, fmt.Sprintf("how many (service, user, resource) buckets with the highest admitted/limit ratio in the latest second the leader exports as throttle_top_user_admitted_ratio, one series each; 0 turns them off, at most %d", quota.MaxTopUsers))
 	flags.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	flags.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
-	flags.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before the process exits anyway")
+	cli.DurationVar(flags, &o.shutdown, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take before the process exits anyway")
 	flags.StringVar(&o.gossipAddr, "gossip-addr", "", "IP:port for gossip membership (memberlist), TCP and UDP on the same port, for example 10.0.0.1:7946; empty turns gossip off, and edge nodes then count as live while they report")
 	flags.StringVar(&o.gossipAdvertise, "gossip-advertise", "", "IP:port other members reach this central's gossip at (default: the address of --gossip-addr; with 0.0.0.0 there, a private IP of this host)")
 	flags.StringVar(&o.gossipJoin, "gossip-join", "", "comma-separated host:port gossip addresses of members to join, retried in the background until one responds; empty starts a new gossip pool")
 	flags.StringVar(&o.gossipKey, "gossip-key", "", "gossip encryption key: the base64 of 16, 24 or 32 random bytes (openssl rand -base64 32), the same on every member; prefer --gossip-key-file or THROTTLE_GOSSIP_KEY, because other users can read command lines")
 	flags.StringVar(&o.gossipKeyFile, "gossip-key-file", "", "file that holds the --gossip-key value")
-	flags.DurationVar(&o.gossipProbeInterval, "gossip-probe-interval", membership.DefaultProbeInterval, "time between failure probes of one random member; lower finds a dead edge node sooner for more traffic")
-	flags.DurationVar(&o.gossipProbeTimeout, "gossip-probe-timeout", membership.DefaultProbeTimeout, "how long a probe waits for an ack before other members are asked to probe, at most --gossip-probe-interval; about the network's 99th-percentile round trip")
+	cli.DurationVar(flags, &o.gossipProbeInterval, "gossip-probe-interval", membership.DefaultProbeInterval, "time between failure probes of one random member; lower finds a dead edge node sooner for more traffic")
+	cli.DurationVar(flags, &o.gossipProbeTimeout, "gossip-probe-timeout", membership.DefaultProbeTimeout, "how long a probe waits for an ack before other members are asked to probe, at most --gossip-probe-interval; about the network's 99th-percentile round trip")
 	flags.IntVar(&o.gossipSuspicionMult, "gossip-suspicion-mult", membership.DefaultSuspicionMult, "a member that fails its probes stays suspect for at least this many probe intervals (times log10 of the member count when over 10, and up to 6 times longer while no other member confirms) before it is declared dead")
-	flags.DurationVar(&o.gossipReclaimTime, "gossip-reclaim-time", membership.DefaultDeadNodeReclaimTime, "how long after a member failed another process may take its node ID at a new gossip address")
+	cli.DurationVar(flags, &o.gossipReclaimTime, "gossip-reclaim-time", membership.DefaultDeadNodeReclaimTime, "how long after a member failed another process may take its node ID at a new gossip address")
 	flags.Usage = func() {
+		if !cli.HelpRequested(args) {
+			return
+		}
+		flags.SetOutput(stderr)
 		fmt.Fprintf(stderr, "Usage: throttle-central --node-id ID --data-dir DIR [--bootstrap | --join ADDR,...] [flags]\n\n")
 		fmt.Fprintf(stderr, "Every flag can also be set as THROTTLE_<FLAG> in the environment, for example THROTTLE_NODE_ID.\n\nFlags:\n")
 		flags.PrintDefaults()
@@ -107,7 +114,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if err := flags.Parse(args); err != nil {
 		return o, err
 	}
-	if err := applyEnvironment(flags, os.LookupEnv); err != nil {
+	if err := cli.ApplyEnvironment(flags, "THROTTLE_", os.LookupEnv); err != nil {
 		return o, err
 	}
 	if flags.NArg() > 0 {
@@ -132,6 +139,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("--history-slots %d must be at least 1", o.historySlots)
 	case o.topUsers < 0 || o.topUsers > quota.MaxTopUsers:
 		return o, fmt.Errorf("--metrics-top-users %d is out of range; use 0 (off) to %d", o.topUsers, quota.MaxTopUsers)
+	}
+	if err := quota.ValidateName("--node-id", o.nodeID); err != nil {
+		return o, err
 	}
 	if _, err := quota.ParseMode(o.allocation); err != nil {
 		return o, fmt.Errorf("--allocation: %w", err)
@@ -173,7 +183,7 @@ func (o options) validateGossip() error {
 			return fmt.Errorf("--gossip-advertise %q needs a fixed port in --gossip-addr %q", o.gossipAdvertise, o.gossipAddr)
 		}
 	}
-	for _, addr := range splitList(o.gossipJoin) {
+	for _, addr := range cli.SplitList(o.gossipJoin) {
 		if err := membership.ValidateJoinAddr(addr); err != nil {
 			return fmt.Errorf("--gossip-join: %w", err)
 		}
@@ -219,64 +229,16 @@ func (o options) gossipKeyValue() (string, error) {
 	return key, nil
 }
 
-// applyEnvironment sets every flag not given on the command line from
-// THROTTLE_<NAME>, where NAME is the flag name in upper case with '-' as
-// '_'. An invalid value names the variable.
-func applyEnvironment(flags *flag.FlagSet, lookup func(string) (string, bool)) error {
-	given := make(map[string]bool)
-	flags.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var errs []error
-	flags.VisitAll(func(f *flag.Flag) {
-		if given[f.Name] {
-			return
-		}
-		name := "THROTTLE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		value, ok := lookup(name)
-		if !ok {
-			return
-		}
-		if err := flags.Set(f.Name, value); err != nil {
-			errs = append(errs, fmt.Errorf("environment variable %s=%q: %v", name, value, err))
-		}
-	})
-	return errors.Join(errs...)
-}
-
-func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q is invalid; use debug, info, warn or error", level)
-	}
-	opts := &slog.HandlerOptions{Level: lvl}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q is invalid; use text or json", format)
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, part := range strings.Split(s, ",") {
-		if part = strings.TrimSpace(part); part != "" {
-			out = append(out, part)
-		}
-	}
-	return out
-}
-
 func run(args []string, stderr io.Writer) int {
 	o, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintln(stderr, "throttle-central:", err)
+		fmt.Fprintf(stderr, "throttle-central: %v\nrun throttle-central --help for the flags\n", err)
 		return 2
 	}
-	logger, err := newLogger(o.logLevel, o.logFormat, stderr)
+	logger, err := cli.NewLogger(o.logLevel, o.logFormat, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "throttle-central:", err)
 		return 2
@@ -294,6 +256,10 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "throttle-central:", err)
 		return 2
 	}
+	if !o.bootstrap && o.join == "" {
+		logger.Warn("started without --bootstrap or --join: this central waits until a member adds it (POST /v1/cluster/join) or it finds its own Raft state in --data-dir",
+			slog.String("data_dir", o.dataDir))
+	}
 	c, err := central.Start(central.Config{
 		NodeID:        o.nodeID,
 		HTTPAddr:      o.httpAddr,
@@ -301,7 +267,7 @@ func run(args []string, stderr io.Writer) int {
 		RaftAddr:      o.raftAddr,
 		DataDir:       o.dataDir,
 		Bootstrap:     o.bootstrap,
-		Join:          splitList(o.join),
+		Join:          cli.SplitList(o.join),
 		Allocation:    quota.Mode(o.allocation),
 		TLS:           central.TLSConfig{CertFile: o.tlsCert, KeyFile: o.tlsKey, CAFile: o.tlsCA, SkipPeerVerify: o.tlsSkipVerify},
 		AccessKeys:    keys,
@@ -311,7 +277,7 @@ func run(args []string, stderr io.Writer) int {
 
 		GossipAddr:      o.gossipAddr,
 		GossipAdvertise: o.gossipAdvertise,
-		GossipJoin:      splitList(o.gossipJoin),
+		GossipJoin:      cli.SplitList(o.gossipJoin),
 		GossipKey:       gossipKey,
 		Gossip:          o.gossipConfig(),
 

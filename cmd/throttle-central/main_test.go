@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"flag"
+	"github.com/throttlecentral/throttle-central/internal/cli"
 	"os"
 	"path/filepath"
 	"slices"
@@ -29,67 +30,13 @@ func TestParseFlagsRequiresNodeIDAndDataDir(t *testing.T) {
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--metrics-top-users", "ten"}, `invalid value "ten" for flag -metrics-top-users`},
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--bootstrap", "--join", "a:1"}, "--bootstrap and --join exclude each other"},
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--raft-heartbeat-timeout", "1s", "--raft-election-timeout", "500ms"}, "--raft-election-timeout 500ms is below"},
+		{[]string{"--node-id", "c1", "--data-dir", "d", "--raft-heartbeat-timeout", "1"}, "such as 500ms"},
+		{[]string{"--node-id", "a/b", "--data-dir", "d"}, `--node-id "a/b"`},
 	} {
 		_, err := parseFlags(tc.args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("parseFlags(%v) error %v, want one containing %q", tc.args, err, tc.want)
 		}
-	}
-}
-
-func TestEnvironmentFillsUnsetFlags(t *testing.T) {
-	env := map[string]string{
-		"THROTTLE_NODE_ID":   "from-env",
-		"THROTTLE_DATA_DIR":  "/tmp/x",
-		"THROTTLE_BOOTSTRAP": "true",
-		"THROTTLE_JOIN":      "a:1,b:2",
-	}
-	flags := flag.NewFlagSet("t", flag.ContinueOnError)
-	nodeID := flags.String("node-id", "", "")
-	dataDir := flags.String("data-dir", "", "")
-	bootstrap := flags.Bool("bootstrap", false, "")
-	join := flags.String("join", "", "")
-	if err := flags.Parse([]string{"--node-id", "from-flag"}); err != nil {
-		t.Fatal(err)
-	}
-	lookup := func(name string) (string, bool) { v, ok := env[name]; return v, ok }
-	if err := applyEnvironment(flags, lookup); err != nil {
-		t.Fatalf("applyEnvironment: %v", err)
-	}
-	if *nodeID != "from-flag" {
-		t.Errorf("node-id %q: a flag on the command line must win over THROTTLE_NODE_ID", *nodeID)
-	}
-	if *dataDir != "/tmp/x" || !*bootstrap || *join != "a:1,b:2" {
-		t.Errorf("from the environment: data-dir %q, bootstrap %v, join %q", *dataDir, *bootstrap, *join)
-	}
-}
-
-func TestEnvironmentInvalidValueNamesVariable(t *testing.T) {
-	flags := flag.NewFlagSet("t", flag.ContinueOnError)
-	flags.Bool("bootstrap", false, "")
-	lookup := func(name string) (string, bool) { return "maybe", name == "THROTTLE_BOOTSTRAP" }
-	err := applyEnvironment(flags, lookup)
-	if err == nil || !strings.Contains(err.Error(), `THROTTLE_BOOTSTRAP="maybe"`) {
-		t.Errorf("applyEnvironment error %v, want it to name THROTTLE_BOOTSTRAP and the value", err)
-	}
-}
-
-func TestNewLoggerRejectsUnknownLevelAndFormat(t *testing.T) {
-	if _, err := newLogger("loud", "text", &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), `"loud"`) {
-		t.Errorf("level loud: %v", err)
-	}
-	if _, err := newLogger("info", "xml", &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), `"xml"`) {
-		t.Errorf("format xml: %v", err)
-	}
-	var out bytes.Buffer
-	logger, err := newLogger("warn", "json", &out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logger.Info("hidden")
-	logger.Warn("shown")
-	if strings.Contains(out.String(), "hidden") || !strings.Contains(out.String(), `"msg":"shown"`) {
-		t.Errorf("json logger at warn wrote %q", out.String())
 	}
 }
 
@@ -109,13 +56,6 @@ func TestHelpExitsZero(t *testing.T) {
 	}
 	if code := run([]string{"--node-id", "x"}, &bytes.Buffer{}); code != 2 {
 		t.Errorf("run without --data-dir exit code %d, want 2", code)
-	}
-}
-
-func TestSplitList(t *testing.T) {
-	got := splitList(" a:1, ,b:2 ,")
-	if len(got) != 2 || got[0] != "a:1" || got[1] != "b:2" {
-		t.Errorf("splitList = %q", got)
 	}
 }
 
@@ -172,7 +112,7 @@ func TestParseFlagsGossipDefaults(t *testing.T) {
 	if cfg.ProbeInterval != time.Second || cfg.ProbeTimeout != 500*time.Millisecond || cfg.SuspicionMult != 4 || cfg.DeadNodeReclaimTime != 30*time.Second {
 		t.Errorf("default gossip timing %+v, want 1s, 500ms, 4 and 30s", cfg)
 	}
-	if got := splitList(o.gossipJoin); !slices.Equal(got, []string{"127.0.0.1:7947", "127.0.0.1:7948"}) {
+	if got := cli.SplitList(o.gossipJoin); !slices.Equal(got, []string{"127.0.0.1:7947", "127.0.0.1:7948"}) {
 		t.Errorf("--gossip-join split into %q", got)
 	}
 }

@@ -1,0 +1,131 @@
+// Package cli holds what the commands share: flags read from the
+// environment, duration flags with a helpful error, comma-separated lists
+// and the log set-up.
+package cli
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+)
+
+// EnvName returns the environment variable of a flag: prefix, then the
+// flag name in upper case with '-' as '_'.
+func EnvName(prefix, flagName string) string {
+	return prefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// ApplyEnvironment sets every flag of flags that the command line did not
+// set from its environment variable (see EnvName), read with lookup. An
+// invalid value gives an error naming the variable; the value itself is
+// left out of the message for flags whose name ends in "key" or "token",
+// because those hold secrets.
+func ApplyEnvironment(flags *flag.FlagSet, prefix string, lookup func(string) (string, bool)) error {
+	given := make(map[string]bool)
+	flags.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	flags.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		name := EnvName(prefix, f.Name)
+		value, ok := lookup(name)
+		if !ok {
+			return
+		}
+		if err := flags.Set(f.Name, value); err != nil {
+			if secret(f.Name) {
+				errs = append(errs, fmt.Errorf("environment variable %s is invalid", name))
+			} else {
+				errs = append(errs, fmt.Errorf("environment variable %s=%q is invalid: %v", name, value, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func secret(flagName string) bool {
+	return strings.HasSuffix(flagName, "key") || strings.HasSuffix(flagName, "token")
+}
+
+// duration is a flag.Value for a time.Duration whose error says how to
+// write one.
+type duration struct{ d *time.Duration }
+
+func (v duration) String() string {
+	if v.d == nil {
+		return "0s"
+	}
+	return v.d.String()
+}
+
+func (v duration) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration; use a number with a unit, such as 500ms, 2s or 1m", s)
+	}
+	*v.d = d
+	return nil
+}
+
+// DurationVar defines a duration flag like flag.DurationVar, with an error
+// message that shows how to write a duration. The help names the flag's
+// type "duration" and gives examples, through the backquoted word that
+// flag.PrintDefaults takes as the type name.
+func DurationVar(flags *flag.FlagSet, p *time.Duration, name string, value time.Duration, usage string) {
+	*p = value
+	if !strings.Contains(usage, "`") {
+		usage += " (a `duration` such as 500ms or 2s)"
+	}
+	flags.Var(duration{p}, name, usage)
+}
+
+// HelpRequested reports whether args ask for the help (-h, -help, --h or
+// --help before a "--"). A command prints its full help then, and only a
+// short hint after an invalid flag, so the error is not lost above pages
+// of help.
+func HelpRequested(args []string) bool {
+	for _, arg := range args {
+		switch arg {
+		case "--":
+			return false
+		case "-h", "-help", "--h", "--help":
+			return true
+		}
+	}
+	return false
+}
+
+// SplitList splits a comma-separated list, trimming spaces and leaving out
+// empty items.
+func SplitList(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}
+
+// NewLogger returns a logger writing to w at level (debug, info, warn or
+// error) in format (text or json). Its errors name the flags --log-level
+// and --log-format.
+func NewLogger(level, format string, w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q is invalid; use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q is invalid; use text or json", format)
+}
