@@ -457,3 +457,41 @@ func TestMonitorFailsWhenNoCentralAnswers(t *testing.T) {
 		t.Errorf("exit code %d, stderr %q; want 1 and the unreachable centrals", got.code, got.stderr)
 	}
 }
+
+func TestLimitsExportImportAcrossClusters(t *testing.T) {
+	source := startCentral(t, centralOptions{nodeID: "c1", bootstrap: true})
+	target := startCentral(t, centralOptions{nodeID: "c9", bootstrap: true})
+	mustSucceed(t, runAgainst(t, source.HTTPAddr(), "limits", "set", "front", "alice", "traffic_up=1MiB", "database_read=200/400"), "limits set alice")
+	mustSucceed(t, runAgainst(t, source.HTTPAddr(), "limits", "set", "batch", "bob", "traffic_down=5k"), "limits set bob")
+
+	export := runAgainst(t, source.HTTPAddr(), "limits", "list", "--consistent", "-o", "json")
+	mustSucceed(t, export, "limits list -o json")
+	file := filepath.Join(t.TempDir(), "limits.json")
+	if err := os.WriteFile(file, []byte(export.stdout), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	imported := runAgainst(t, target.HTTPAddr(), "limits", "import", file)
+	mustSucceed(t, imported, "limits import")
+	if !strings.Contains(imported.stdout, "Set the limits of 2 users") {
+		t.Errorf("limits import output %q, want the count of 2 users", imported.stdout)
+	}
+	got := runAgainst(t, target.HTTPAddr(), "limits", "get", "front", "alice", "--consistent", "-o", "json")
+	mustSucceed(t, got, "limits get on the target")
+	var record limitRecord
+	if err := json.Unmarshal([]byte(got.stdout), &record); err != nil {
+		t.Fatalf("limits get -o json: %v\n%s", err, got.stdout)
+	}
+	if record.Limit["traffic_up"] != 1<<20 || record.Limit["database_read"] != 200 || record.Burst["database_read"] != 400 {
+		t.Errorf("imported record %+v, want traffic_up 1048576, database_read 200 with burst 400", record)
+	}
+
+	bad := filepath.Join(t.TempDir(), "bad.json")
+	if err := os.WriteFile(bad, []byte(`[{"service":"front","username":"a/b","limit":{"x":1}}]`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rejected := runAgainst(t, target.HTTPAddr(), "limits", "import", bad)
+	if rejected.code != exitUsage || !strings.Contains(rejected.stderr, "record 1") {
+		t.Errorf("import of a bad record: exit code %d, stderr %q; want 2 naming record 1", rejected.code, rejected.stderr)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -315,4 +316,68 @@ func printLimitTable(w io.Writer, records []limitRecord) error {
 		}
 	}
 	return table.Flush()
+}
+
+func limitsImportCommand() *command {
+	return &command{
+		name:      "limits import",
+		arguments: "<file>",
+		summary:   "set the limits of every user in a file written by limits list -o json",
+		details: `The file is the JSON list that "throttlectl limits list -o json" prints, so
+this command restores a backup or copies limits to another cluster. Each
+user's whole limit set is replaced, as by limits set; users that are not in
+the file keep their limits. A file name of - reads standard input. Every
+record is checked before the first request, and the import stops at the
+first request that fails, naming the record; the records before it stay
+set, and running the import again is harmless.
+
+Example:
+  throttlectl limits list -o json > limits.json
+  throttlectl --addr 10.0.0.9:8081 limits import limits.json`,
+		minArgs: 1,
+		maxArgs: 1,
+		setup: func(*flag.FlagSet) func(context.Context, *invocation) error {
+			return runLimitsImport
+		},
+	}
+}
+
+func runLimitsImport(ctx context.Context, inv *invocation) error {
+	name := inv.args[0]
+	var data []byte
+	var err error
+	if name == "-" {
+		data, err = io.ReadAll(os.Stdin)
+	} else {
+		data, err = os.ReadFile(name)
+	}
+	if err != nil {
+		return usagef("reading the limits file: %v", err)
+	}
+	var records []limitRecord
+	if err := json.Unmarshal(data, &records); err != nil {
+		return usagef("%s is not a list of limits as limits list -o json writes it: %v", name, err)
+	}
+	for i, record := range records {
+		if err := validateNames(record.Service, record.Username); err != nil {
+			return usagef("record %d of %s: %v", i+1, name, err)
+		}
+		if len(record.Limit) == 0 {
+			return usagef("record %d of %s (%s/%s) has no limit", i+1, name, record.Service, record.Username)
+		}
+	}
+	for i, record := range records {
+		body, err := json.Marshal(limitsRequest{Limit: record.Limit, Burst: record.Burst})
+		if err != nil {
+			return err
+		}
+		if _, err := inv.client.do(ctx, http.MethodPut, userLimitsPath(record.Service, record.Username), nil, body); err != nil {
+			return fmt.Errorf("record %d of %s (%s/%s): %w; the %d records before it are set", i+1, name, record.Service, record.Username, err, i)
+		}
+	}
+	if inv.output == outputJSON {
+		return writeJSON(inv.stdout, map[string]any{"imported": len(records)})
+	}
+	fmt.Fprintf(inv.stdout, "Set the limits of %d users from %s.\n", len(records), name)
+	return nil
 }

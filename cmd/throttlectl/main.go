@@ -134,6 +134,7 @@ func commands() []*command {
 		limitsGetCommand(),
 		limitsListCommand(),
 		limitsDeleteCommand(),
+		limitsImportCommand(),
 		clusterStatusCommand(),
 		clusterJoinCommand(),
 		clusterRemoveCommand(),
