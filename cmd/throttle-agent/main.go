@@ -91,6 +91,7 @@ func parseFlags(args []string, stderr io.Writer, env environment) (options, erro
 	// The flag package writes only the help; run prints a parse error once,
 	// with a hint to the help.
 	flags.SetOutput(io.Discard)
+	flags.String(cli.ConfigFlag, "", "file of settings, one `name = value` a line with the flag names without dashes; the command line wins over the environment, and the environment over the file")
 	flags.StringVar(&o.listen, "listen", "127.0.0.1:9090", "host:port of the local HTTP API; it must be a loopback address unless --listen-any is set")
 	flags.BoolVar(&o.listenAny, "listen-any", false, "allow --listen on a non-loopback address; the API has no authentication, so anyone who reaches it can consume a user's quota")
 	flags.StringVar(&o.nodeID, "node-id", "", "name of this edge node in reports and gossip, unique in the fleet (default: the host name)")
@@ -115,13 +116,13 @@ func parseFlags(args []string, stderr io.Writer, env environment) (options, erro
 		}
 		flags.SetOutput(stderr)
 		fmt.Fprintf(stderr, "Usage: throttle-agent --centrals URL,... [flags]\n\n")
-		fmt.Fprintf(stderr, "Every flag can also be set as THROTTLE_AGENT_<FLAG> in the environment, for example THROTTLE_AGENT_CENTRALS.\n\nFlags:\n")
+		fmt.Fprintf(stderr, "Every flag can also be set as THROTTLE_AGENT_<FLAG> in the environment, for example THROTTLE_AGENT_CENTRALS, or in the file that --config names.\n\nFlags:\n")
 		flags.PrintDefaults()
 	}
 	if err := flags.Parse(args); err != nil {
 		return o, err
 	}
-	if err := cli.ApplyEnvironment(flags, "THROTTLE_AGENT_", env.lookup); err != nil {
+	if err := cli.ApplySettings(flags, "THROTTLE_AGENT_", env.lookup); err != nil {
 		return o, err
 	}
 	if flags.NArg() > 0 {

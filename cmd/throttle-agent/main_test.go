@@ -288,3 +288,32 @@ func TestReadToken(t *testing.T) {
 		t.Errorf("readToken without --token-file = %q, %v; want no token", token, err)
 	}
 }
+
+func TestParseFlagsConfigFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.conf")
+	config := "# the edge node's settings\ncentrals = http://127.0.0.1:8081\nnode-id = edge-7\nfallback = closed\n"
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := testEnvironment(map[string]string{"THROTTLE_AGENT_FALLBACK": "open"}, "host-1")
+	o, err := parseFlags([]string{"--config", path, "--node-id", "edge-8"}, &bytes.Buffer{}, env)
+	if err != nil {
+		t.Fatalf("parseFlags: %v", err)
+	}
+	if got := strings.Join(o.centrals, " "); got != "http://127.0.0.1:8081" {
+		t.Errorf("centrals = %q, want the file's", got)
+	}
+	if o.nodeID != "edge-8" {
+		t.Errorf("node ID = %q, want edge-8 from the command line", o.nodeID)
+	}
+	if o.fallback != edge.FallbackOpen {
+		t.Errorf("fallback = %v, want open from the environment", o.fallback)
+	}
+
+	if err := os.WriteFile(path, []byte("centrals = http://127.0.0.1:8081\nlisten-port = 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parseFlags([]string{"--config", path}, &bytes.Buffer{}, env); err == nil || !strings.Contains(err.Error(), `line 2: unknown setting "listen-port"`) {
+		t.Errorf("unknown setting: error %v, want one naming line 2", err)
+	}
+}

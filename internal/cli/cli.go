@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 )
@@ -21,12 +22,18 @@ func EnvName(prefix, flagName string) string {
 
 // ApplyEnvironment sets every flag of flags that the command line did not
 // set from its environment variable (see EnvName), read with lookup. An
-// invalid value gives an error naming the variable; the value itself is
+// invalid value gives an error naming the variable. The value itself is
 // left out of the message for flags whose name ends in "key" or "token",
 // because those hold secrets.
 func ApplyEnvironment(flags *flag.FlagSet, prefix string, lookup func(string) (string, bool)) error {
-	given := make(map[string]bool)
-	flags.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	_, err := applyEnvironment(flags, prefix, Given(flags), lookup)
+	return err
+}
+
+// applyEnvironment is ApplyEnvironment for the flags not in given. It
+// returns the names of the flags it set.
+func applyEnvironment(flags *flag.FlagSet, prefix string, given map[string]bool, lookup func(string) (string, bool)) (map[string]bool, error) {
+	set := make(map[string]bool)
 	var errs []error
 	flags.VisitAll(func(f *flag.Flag) {
 		if given[f.Name] {
@@ -43,9 +50,35 @@ func ApplyEnvironment(flags *flag.FlagSet, prefix string, lookup func(string) (s
 			} else {
 				errs = append(errs, fmt.Errorf("environment variable %s=%q is invalid: %v", name, value, err))
 			}
+			return
 		}
+		set[f.Name] = true
 	})
-	return errors.Join(errs...)
+	return set, errors.Join(errs...)
+}
+
+// ConfigFlag is the name of the flag that names a config file.
+const ConfigFlag = "config"
+
+// ApplySettings fills the flags that the command line did not set, first
+// from the environment (see ApplyEnvironment) and then, for those still
+// unset, from the config file that the flag ConfigFlag names, when flags
+// has that flag and it is set (see ApplyConfigFile). The command line wins
+// over the environment, and the environment over the file.
+func ApplySettings(flags *flag.FlagSet, prefix string, lookup func(string) (string, bool)) error {
+	given := Given(flags)
+	fromEnvironment, err := applyEnvironment(flags, prefix, given, lookup)
+	if err != nil {
+		return err
+	}
+	config := flags.Lookup(ConfigFlag)
+	if config == nil || config.Value.String() == "" {
+		return nil
+	}
+	for name := range fromEnvironment {
+		given[name] = true
+	}
+	return ApplyConfigFile(flags, config.Value.String(), given)
 }
 
 func secret(flagName string) bool {
@@ -128,4 +161,54 @@ func NewLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q is invalid; use text or json", format)
+}
+
+// ApplyConfigFile sets every flag of flags that neither the command line
+// nor the environment set from the file at path: one "name = value" a line,
+// name being the flag name without dashes, with blank lines and lines
+// starting with # ignored. given lists the flags already set. An unknown
+// name, a line without "=" or an invalid value is an error naming the line.
+func ApplyConfigFile(flags *flag.FlagSet, path string, given map[string]bool) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("reading the config file: %w", err)
+	}
+	seen := make(map[string]int)
+	for i, raw := range strings.Split(string(data), "\n") {
+		line := strings.TrimSpace(raw)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, value, found := strings.Cut(line, "=")
+		name, value = strings.TrimSpace(name), strings.TrimSpace(value)
+		number := i + 1
+		switch {
+		case !found:
+			return fmt.Errorf("%s line %d: %q is not name = value", path, number, line)
+		case flags.Lookup(name) == nil:
+			return fmt.Errorf("%s line %d: unknown setting %q; the names are the flag names without dashes, see --help", path, number, name)
+		case name == "config":
+			return fmt.Errorf("%s line %d: a config file cannot name another config file", path, number)
+		case seen[name] > 0:
+			return fmt.Errorf("%s line %d: %q is already set on line %d", path, number, name, seen[name])
+		}
+		seen[name] = number
+		if given[name] {
+			continue
+		}
+		if err := flags.Set(name, value); err != nil {
+			if secret(name) {
+				return fmt.Errorf("%s line %d: the value of %s is invalid", path, number, name)
+			}
+			return fmt.Errorf("%s line %d: %s = %q is invalid: %v", path, number, name, value, err)
+		}
+	}
+	return nil
+}
+
+// Given returns the names of the flags that the command line set.
+func Given(flags *flag.FlagSet) map[string]bool {
+	given := make(map[string]bool)
+	flags.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	return given
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"flag"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -121,5 +122,92 @@ func TestHelpRequested(t *testing.T) {
 		if got := HelpRequested(tc.args); got != tc.want {
 			t.Errorf("HelpRequested(%q) = %v, want %v", tc.args, got, tc.want)
 		}
+	}
+}
+
+func TestConfigFileBelowEnvironmentAndFlags(t *testing.T) {
+	path := t.TempDir() + "/central.conf"
+	config := "# a comment\n\nnode-id = from-file\ndata-dir = /var/lib/t\nlog-level = debug\ntimeout = 3s\n"
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	flags := flag.NewFlagSet("t", flag.ContinueOnError)
+	nodeID := flags.String("node-id", "", "")
+	dataDir := flags.String("data-dir", "", "")
+	level := flags.String("log-level", "info", "")
+	var timeout time.Duration
+	DurationVar(flags, &timeout, "timeout", time.Second, "")
+	if err := flags.Parse([]string{"--node-id", "from-flag"}); err != nil {
+		t.Fatal(err)
+	}
+	given := Given(flags)
+	lookup := func(name string) (string, bool) { return "warn", name == "T_LOG_LEVEL" }
+	if err := ApplyEnvironment(flags, "T_", lookup); err != nil {
+		t.Fatal(err)
+	}
+	given["log-level"] = true // set by the environment
+	if err := ApplyConfigFile(flags, path, given); err != nil {
+		t.Fatalf("ApplyConfigFile: %v", err)
+	}
+	if *nodeID != "from-flag" {
+		t.Errorf("node-id %q: the command line must win over the file", *nodeID)
+	}
+	if *level != "warn" {
+		t.Errorf("log-level %q: the environment must win over the file", *level)
+	}
+	if *dataDir != "/var/lib/t" || timeout != 3*time.Second {
+		t.Errorf("from the file: data-dir %q, timeout %v", *dataDir, timeout)
+	}
+}
+
+func TestConfigFileErrorsNameTheLine(t *testing.T) {
+	for _, tc := range []struct{ config, want string }{
+		{"node-id\n", `line 1: "node-id" is not name = value`},
+		{"# c\nnodeid = x\n", `line 2: unknown setting "nodeid"`},
+		{"timeout = 5\n", `line 1: timeout = "5" is invalid`},
+		{"timeout = 1s\ntimeout = 2s\n", `line 2: "timeout" is already set on line 1`},
+		{"api-token = \n", ""},
+	} {
+		path := t.TempDir() + "/c.conf"
+		if err := os.WriteFile(path, []byte(tc.config), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		flags := flag.NewFlagSet("t", flag.ContinueOnError)
+		flags.String("node-id", "", "")
+		flags.String("api-token", "", "")
+		var timeout time.Duration
+		DurationVar(flags, &timeout, "timeout", time.Second, "")
+		err := ApplyConfigFile(flags, path, nil)
+		if tc.want == "" {
+			if err != nil {
+				t.Errorf("config %q: %v, want no error", tc.config, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("config %q: error %v, want one containing %q", tc.config, err, tc.want)
+		}
+	}
+}
+
+func TestApplySettingsReadsConfigFromEnvironment(t *testing.T) {
+	path := t.TempDir() + "/agent.conf"
+	if err := os.WriteFile(path, []byte("node-id = from-file\nlog-level = debug\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	flags := flag.NewFlagSet("t", flag.ContinueOnError)
+	flags.String(ConfigFlag, "", "")
+	nodeID := flags.String("node-id", "", "")
+	level := flags.String("log-level", "info", "")
+	if err := flags.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"T_CONFIG": path, "T_LOG_LEVEL": "warn"}
+	lookup := func(name string) (string, bool) { v, ok := env[name]; return v, ok }
+	if err := ApplySettings(flags, "T_", lookup); err != nil {
+		t.Fatalf("ApplySettings: %v", err)
+	}
+	if *nodeID != "from-file" || *level != "warn" {
+		t.Errorf("node-id %q (want from-file), log-level %q (want the environment's warn)", *nodeID, *level)
 	}
 }
