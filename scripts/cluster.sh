@@ -5,6 +5,7 @@
 #   scripts/cluster.sh down     stop them (SIGTERM by PID, SIGKILL after 10 s)
 #   scripts/cluster.sh status   show each central's PID and the cluster view of the first central that responds
 #   scripts/cluster.sh run      start them in the foreground; Ctrl-C stops all three
+#   scripts/cluster.sh restart N   stop central N (SIGTERM) and start it again, as in a rolling upgrade
 #
 # Defaults: HTTP 127.0.0.1:8081-8083, Raft 127.0.0.1:7001-7003, gossip
 # 127.0.0.1:7946-7948 (TCP and UDP), data under ./data. Override with
@@ -131,20 +132,39 @@ up() {
 }
 
 down() {
-	local n pid deadline
-	for n in $(seq 1 $NODES); do
-		running "$n" || { rm -f "$(pid_file "$n")"; continue; }
-		pid=$(cat "$(pid_file "$n")")
-		kill -TERM "$pid" 2>/dev/null || true
-		deadline=$((SECONDS + 10))
-		while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-		if alive "$pid"; then
-			echo "c$n (PID $pid) did not stop in 10 s; sending SIGKILL"
-			kill -KILL "$pid" 2>/dev/null || true
-		fi
+	local n
+	for n in $(seq 1 $NODES); do stop_node "$n"; done
+}
+
+# stop_node N: stops central N with SIGTERM, and SIGKILL after 10 s.
+stop_node() {
+	local n=$1 pid deadline
+	if ! running "$n"; then
 		rm -f "$(pid_file "$n")"
-		echo "stopped c$n (PID $pid)"
-	done
+		return
+	fi
+	pid=$(cat "$(pid_file "$n")")
+	kill -TERM "$pid" 2>/dev/null || true
+	deadline=$((SECONDS + 10))
+	while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+	if alive "$pid"; then
+		echo "c$n (PID $pid) did not stop in 10 s; sending SIGKILL"
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
+	rm -f "$(pid_file "$n")"
+	echo "stopped c$n (PID $pid)"
+}
+
+restart() {
+	local n=${1:-}
+	if ! [[ $n =~ ^[1-9]$ ]] || ((n > NODES)); then
+		echo "usage: $0 restart N, where N is a central from 1 to $NODES" >&2
+		exit 2
+	fi
+	[[ -x $BIN ]] || { echo "$BIN not found; run make build first" >&2; exit 1; }
+	stop_node "$n"
+	start_node "$n"
+	wait_for_cluster
 }
 
 status() {
@@ -182,8 +202,9 @@ up) up ;;
 down) down ;;
 status) status ;;
 run) foreground ;;
+restart) restart "${2:-}" ;;
 *)
-	echo "usage: $0 up|down|status|run" >&2
+	echo "usage: $0 up|down|status|run|restart N" >&2
 	exit 2
 	;;
 esac
