@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"github.com/throttlecentral/throttle-central/internal/testutil"
 	"log/slog"
 	"net"
 	"net/http"
@@ -84,34 +84,12 @@ func unusedAddress(t *testing.T) string {
 }
 
 func request(t *testing.T, method, url, body string) (int, string) {
-	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("request %s %s: %v", method, url, err)
-	}
-	client := &http.Client{Timeout: 5 * time.Second}
-	resp, err := client.Do(req)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(data)
+	return testutil.Request(t, method, url, body)
 }
 
-// pollUntil polls cond every 20 ms until it returns "" or
-// integrationTimeout passes.
+// pollUntil polls cond until it returns "" or integrationTimeout passes.
 func pollUntil(t *testing.T, what string, cond func() string) {
-	t.Helper()
-	deadline := time.Now().Add(integrationTimeout)
-	reason := ""
-	for time.Now().Before(deadline) {
-		if reason = cond(); reason == "" {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %v waiting for %s: %s", integrationTimeout, what, reason)
+	testutil.PollUntil(t, integrationTimeout, what, cond)
 }
 
 func TestClientAgainstRealCentral(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/throttlecentral/throttle-central/internal/testutil"
 	"io"
 	"log/slog"
 	"net/http"
@@ -82,34 +83,12 @@ func startCentral(t *testing.T, options centralOptions) *central.Central {
 }
 
 func request(t *testing.T, method, url, body string) (int, string) {
-	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("request %s %s: %v", method, url, err)
-	}
-	client := &http.Client{Timeout: 5 * time.Second}
-	resp, err := client.Do(req)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(data)
+	return testutil.Request(t, method, url, body)
 }
 
-// pollUntil calls cond every 20 ms until it returns "" or
-// integrationTimeout passes; cond returns why it is not done yet.
+// pollUntil polls cond until it returns "" or integrationTimeout passes.
 func pollUntil(t *testing.T, what string, cond func() string) {
-	t.Helper()
-	deadline := time.Now().Add(integrationTimeout)
-	reason := ""
-	for time.Now().Before(deadline) {
-		if reason = cond(); reason == "" {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %v waiting for %s: %s", integrationTimeout, what, reason)
+	testutil.PollUntil(t, integrationTimeout, what, cond)
 }
 
 // runAgainst runs throttlectl with --addr set to addrs.
