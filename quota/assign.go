@@ -134,6 +134,7 @@ func (e *Engine) Assign(slot int64, live Liveness) (AssignResult, error) {
 	result.Accuracy = accuracy
 
 	e.history.addAssignment(slot, target, liveIDs, published)
+	e.history.compact()
 	e.pruneNodes(slot)
 	e.lastAssigned.Store(slot)
 	return result, nil

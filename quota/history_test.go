@@ -356,10 +356,13 @@ func TestMonitorRecyclesOldFrames(t *testing.T) {
 	}
 }
 
-func TestIngestDoesNotKeepReport(t *testing.T) {
+func TestAssignCompactsReports(t *testing.T) {
+	// After the assignment the history no longer refers to the report, so
+	// changing it changes nothing the monitor shows.
 	e := newTestEngine(t, ModeReserve)
 	r := report("A", 101, "front", counts("u", map[string]float64{"traffic_up": 7}), counts("u", map[string]float64{"traffic_up": 1}))
 	mustIngest(t, e, r)
+	mustAssign(t, e, 101, nil)
 
 	r.NodeID = "changed"
 	r.Consumption["front"]["u"]["traffic_up"] = 1000

@@ -64,8 +64,9 @@ func ValidateReport(r *protocol.Report) error {
 // counted again. A report arriving late never moves refill time, because
 // refill happens only in Assign.
 //
-// The monitor history keeps a compact copy of the counts of r, not r
-// itself, so the caller may change or reuse r once Ingest returns.
+// The monitor history keeps r until the next assignment or monitor query
+// replaces it with a compact copy of its counts, so the caller must not
+// change r after Ingest.
 func (e *Engine) Ingest(r *protocol.Report) (IngestResult, error) {
 	if err := ValidateReport(r); err != nil {
 		return IngestResult{}, err
