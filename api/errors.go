@@ -17,6 +17,7 @@ import (
 const (
 	CodeInvalid       = "invalid"
 	CodeNotFound      = "not_found"
+	CodeUnauthorized  = "unauthorized"
 	CodeForbidden     = "forbidden"
 	CodeConflict      = "conflict"
 	CodeTooLarge      = "body_too_large"

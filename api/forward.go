@@ -32,7 +32,8 @@ func (s *Server) leaderHTTPAddr() string {
 }
 
 // forward sends the request to the leader and relays its response: status,
-// Content-Type and body. body is the request body already read, or nil.
+// Content-Type and body. The request keeps its Authorization header. body
+// is the request body already read, or nil.
 func (s *Server) forward(c echo.Context, body []byte) error {
 	req := c.Request()
 	if from := req.Header.Get(forwardedHeader); from != "" {
@@ -45,12 +46,17 @@ func (s *Server) forward(c echo.Context, body []byte) error {
 	}
 
 	target := s.leaderURL(addr, req.URL.RequestURI())
-	out, err := http.NewRequestWithContext(req.Context(), req.Method, target, bytes.NewReader(body))
+	out, err := http.NewRequestWithContext(withoutPeerToken(req.Context()), req.Method, target, bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("building the request to the leader: %w", err)
 	}
 	if ct := req.Header.Get(echo.HeaderContentType); ct != "" {
 		out.Header.Set(echo.HeaderContentType, ct)
+	}
+	// The leader checks the client's token again. withoutPeerToken above
+	// keeps this central's own token off a request without one.
+	if authorization := req.Header.Get(echo.HeaderAuthorization); authorization != "" {
+		out.Header.Set(echo.HeaderAuthorization, authorization)
 	}
 	out.Header.Set(forwardedHeader, s.cfg.NodeID)
 

@@ -74,8 +74,18 @@ type Config struct {
 	// Members lists this central's gossip members for GET /v1/members;
 	// nil means gossip is off.
 	Members func() []Member
-	// HandshakeAuth, when set, checks every WebSocket handshake.
+	// HandshakeAuth, when set, checks every WebSocket handshake except
+	// one that carries a node or admin token of Tokens.
 	HandshakeAuth HandshakeAuth
+	// Tokens, when set, makes every route need a bearer token of the
+	// scope routeAccess names, except the health checks, the dashboard's
+	// static files and, unless MetricsTokenRequired, /metrics. It must
+	// hold an admin token, which this central sends to other centrals.
+	// Nil leaves the API open.
+	Tokens *Tokens
+	// MetricsTokenRequired makes /metrics need a read or admin token. It
+	// needs Tokens.
+	MetricsTokenRequired bool
 	// PeerTLS, when set, makes forwarding to the leader use https with
 	// this client configuration; the centrals then serve TLS too.
 	PeerTLS *tls.Config
@@ -109,6 +119,7 @@ type Server struct {
 	close   context.CancelFunc
 	client  *http.Client
 	metrics *metrics
+	auth    *authenticator
 	now     func() time.Time
 }
 
@@ -135,13 +146,18 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg,
 		log: cfg.Logger.With(slog.String("component", "api")),
-		client: &http.Client{Timeout: cfg.ForwardTimeout, Transport: &http.Transport{
+		now: cfg.Now,
+	}
+	// Requests to the leader carry the client's Authorization header, or
+	// this central's peer token when they have none.
+	s.client = &http.Client{Timeout: cfg.ForwardTimeout, Transport: &peerAuthTransport{
+		next: &http.Transport{
 			TLSClientConfig:     cfg.PeerTLS,
 			MaxIdleConnsPerHost: 64,
 			IdleConnTimeout:     90 * time.Second,
-		}},
-		now: cfg.Now,
-	}
+		},
+		token: s.PeerToken,
+	}}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -149,15 +165,25 @@ func New(cfg Config) (*Server, error) {
 	if s.metrics, err = newMetrics(cfg.Registry, cfg.Cluster); err != nil {
 		return nil, err
 	}
+	if s.auth, err = newAuthenticator(cfg, cfg.Registry); err != nil {
+		return nil, err
+	}
+	if cfg.HandshakeAuth != nil {
+		s.cfg.HandshakeAuth = s.checkHandshake
+	}
 
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
 	e.HTTPErrorHandler = s.handleError
 	// instrument is outermost, so it also counts the 500 that
-	// recoverPanics returns for a panic.
-	e.Use(s.instrument, s.recoverPanics, s.limitBody)
+	// recoverPanics returns for a panic, and the 401 and 403 of
+	// authenticate, which runs before any handler reads the body.
+	e.Use(s.instrument, s.recoverPanics, s.authenticate, s.limitBody)
 	s.routes(e)
+	if err := checkRouteAccess(e.Routes()); err != nil {
+		return nil, err
+	}
 	s.echo = e
 	s.closing, s.close = context.WithCancel(context.Background())
 	s.http = &http.Server{Handler: e, ReadHeaderTimeout: 10 * time.Second}

@@ -220,3 +220,30 @@ func TestUIPageNoInlineCode(t *testing.T) {
 		}
 	}
 }
+
+// The access token must never reach a URL, where browsers keep it in the
+// history, or outlive the tab.
+func TestUITokenFieldKeepsTokenOutOfURLs(t *testing.T) {
+	page := readUIFile(t, "index.html")
+	form := regexp.MustCompile(`(?s)<form id="token-form"[^>]*>.*?</form>`).FindString(page)
+	if form == "" {
+		t.Fatal("index.html has no form with id token-form")
+	}
+	if !strings.Contains(form, `method="post"`) {
+		t.Errorf("the token form %q does not post; without JavaScript a GET form puts the token in the URL", form)
+	}
+	if !strings.Contains(form, `type="password"`) {
+		t.Errorf("the token form %q has no password input", form)
+	}
+
+	script := readUIScripts(t)
+	if strings.Contains(script, "localStorage") {
+		t.Error("the scripts use localStorage; the token belongs in sessionStorage, which ends with the tab")
+	}
+	if !strings.Contains(script, "sessionStorage.setItem(TOKEN_KEY") {
+		t.Error("the scripts do not store the token in sessionStorage")
+	}
+	if !strings.Contains(script, "Authorization: `Bearer ${token}`") {
+		t.Error("fetchJSON does not send the token as Authorization: Bearer")
+	}
+}

@@ -65,8 +65,22 @@ type Config struct {
 	// TLS secures the HTTP listener; the zero value serves plain HTTP.
 	TLS TLSConfig
 	// AccessKeys maps SigV4 access keys to secrets. When set, every
-	// WebSocket handshake must carry a valid presigned query.
+	// WebSocket handshake without a node token must carry a valid
+	// presigned query.
 	AccessKeys map[string]string
+	// Tokens, when set, makes the HTTP API require bearer tokens (see
+	// api.Config.Tokens). Its first admin token is the one this central
+	// sends when it joins through another central's API and when it
+	// relays WebSocket reports to the leader, so every central needs the
+	// same token file. Nil leaves the API open.
+	Tokens *api.Tokens
+	// MetricsTokenRequired makes /metrics need a read or admin token; it
+	// needs Tokens.
+	MetricsTokenRequired bool
+	// RaftTLS secures the Raft transport with mutual TLS, with the
+	// certificate and key of TLS and the CA of TLS.CAFile, which must sign
+	// every central's certificate.
+	RaftTLS bool
 
 	// Profiling serves Go's runtime profiles under /debug/pprof/.
 	Profiling bool
@@ -146,7 +160,7 @@ func Start(cfg Config) (*Central, error) {
 	if err != nil {
 		return nil, err
 	}
-	var serverTLS, peerTLS *tls.Config
+	var serverTLS, peerTLS, raftTLS *tls.Config
 	if cfg.TLS.enabled() {
 		if serverTLS, err = cfg.TLS.serverConfig(); err != nil {
 			return nil, err
@@ -155,6 +169,12 @@ func Start(cfg Config) (*Central, error) {
 			return nil, err
 		}
 	}
+	if cfg.RaftTLS {
+		if raftTLS, err = cfg.TLS.raftConfig(); err != nil {
+			return nil, err
+		}
+	}
+	warnAboutSecurity(log, cfg)
 
 	listener, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
@@ -183,6 +203,7 @@ func Start(cfg Config) (*Central, error) {
 	raftCfg := cfg.Raft
 	raftCfg.NodeID, raftCfg.RaftAddr, raftCfg.DataDir = cfg.NodeID, cfg.RaftAddr, cfg.DataDir
 	raftCfg.Bootstrap, raftCfg.FSM, raftCfg.Logger = cfg.Bootstrap, state, cfg.Logger
+	raftCfg.TLS = raftTLS
 	node, err := raftnode.Open(raftCfg)
 	if err != nil {
 		listener.Close()
@@ -219,12 +240,14 @@ func Start(cfg Config) (*Central, error) {
 		Monitor: alloc,
 		Members: c.memberView(),
 
-		HandshakeAuth: auth,
-		PeerTLS:       peerTLS,
-		Profiling:     cfg.Profiling,
-		Ready:         c.ready.check,
-		Logger:        cfg.Logger,
-		Registry:      cfg.Registry,
+		HandshakeAuth:        auth,
+		Tokens:               cfg.Tokens,
+		MetricsTokenRequired: cfg.MetricsTokenRequired,
+		PeerTLS:              peerTLS,
+		Profiling:            cfg.Profiling,
+		Ready:                c.ready.check,
+		Logger:               cfg.Logger,
+		Registry:             cfg.Registry,
 	})
 	if err != nil {
 		if closeErr := c.closeGossip(context.Background()); closeErr != nil {
@@ -263,8 +286,16 @@ func Start(cfg Config) (*Central, error) {
 	log.Info("central started", slog.String("http_addr", httpAddr), slog.String("raft_addr", node.Addr()),
 		slog.String("data_dir", cfg.DataDir), slog.Bool("bootstrap", cfg.Bootstrap), slog.Bool("has_state", hasState),
 		slog.String("gossip_addr", c.GossipAddr()),
-		slog.Bool("tls", serverTLS != nil), slog.Int("access_keys", len(cfg.AccessKeys)), slog.String("allocation", string(alloc.config.Mode)))
+		slog.Bool("tls", serverTLS != nil), slog.Bool("raft_tls", raftTLS != nil), slog.Bool("tokens", cfg.Tokens != nil),
+		slog.Int("access_keys", len(cfg.AccessKeys)), slog.String("allocation", string(alloc.config.Mode)))
 	return c, nil
+}
+
+// ReloadTokens replaces the API's token set, for a changed token file.
+// It fails when the central was started without tokens or when tokens has
+// no admin token; the old set then stays in force.
+func (c *Central) ReloadTokens(tokens *api.Tokens) error {
+	return c.api.SetTokens(tokens)
 }
 
 // HTTPAddr returns the advertised HTTP address.

@@ -82,6 +82,9 @@ func (c *Central) askToJoin(ctx context.Context, client *http.Client, addr strin
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if token := c.api.PeerToken(); token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	resp, err := client.Do(req)
 	if err != nil {
 		return err
@@ -98,7 +101,11 @@ func (c *Central) askToJoin(ctx context.Context, client *http.Client, addr strin
 	if json.Unmarshal(answer, &apiErr) == nil && apiErr.Error.Message != "" {
 		message = apiErr.Error.Message
 	}
-	if resp.StatusCode >= 400 && resp.StatusCode < 500 {
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		message += "; a central joins with the first admin token of its --token-file, so give it the cluster's token file"
+		return &joinRefusedError{addr: addr, status: resp.StatusCode, message: message}
+	case resp.StatusCode >= 400 && resp.StatusCode < 500:
 		return &joinRefusedError{addr: addr, status: resp.StatusCode, message: message}
 	}
 	return fmt.Errorf("HTTP %d: %s", resp.StatusCode, message)

@@ -1,6 +1,7 @@
 package raftnode
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,6 +33,14 @@ type Config struct {
 	// servers, so the host must not be a wildcard such as 0.0.0.0 or [::].
 	// Port 0 picks a free port, and Node.Addr returns the address in use.
 	RaftAddr string
+
+	// TLS, when set, secures the transport with mutual TLS: Certificates
+	// holds this server's certificate, which it presents both when it
+	// dials and when it is dialed, RootCAs verifies the servers it dials
+	// and ClientCAs the servers that dial it. A peer's certificate must name
+	// the host of its Raft address. Nil means plain TCP, which anyone who
+	// reaches RaftAddr can use to vote and to replace the log.
+	TLS *tls.Config
 
 	// DataDir contains the Raft log and stable store (raft.db) and the
 	// snapshots (snapshots/). It is created when missing.
@@ -130,6 +139,11 @@ func (cfg Config) validate() error {
 	}
 	if cfg.DataDir == "" {
 		errs = append(errs, errors.New("DataDir is missing"))
+	}
+	if cfg.TLS != nil {
+		if err := validateTLS(cfg.TLS); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if cfg.FSM == nil {
 		errs = append(errs, errors.New("FSM is missing"))

@@ -1,6 +1,7 @@
 // Package raftnode runs one server of the throttle-central Raft group on
 // github.com/hashicorp/raft v1.7.2. It owns the stores (a raft-boltdb/v2
-// log and stable store and a file snapshot store) and the TCP transport.
+// log and stable store and a file snapshot store) and the TCP transport,
+// with mutual TLS when Config.TLS is set.
 // It also owns bootstrap of the first server, joining and removing
 // servers, the ordered feed of leadership changes, Apply with a timeout,
 // and the shutdown order. The replicated state itself is the raft.FSM

@@ -65,7 +65,7 @@ type Node struct {
 }
 
 // Open starts a Raft server with the stores in cfg.DataDir and a TCP
-// transport on cfg.RaftAddr. With cfg.Bootstrap and an empty DataDir it
+// transport on cfg.RaftAddr, with mutual TLS when cfg.TLS is set. With cfg.Bootstrap and an empty DataDir it
 // creates a one-server cluster of this node. Otherwise the node starts as a
 // follower: a new node waits until the leader adds it with Join, and a node
 // with existing state rejoins the cluster its configuration names.
@@ -113,13 +113,7 @@ func Open(cfg Config) (*Node, error) {
 		return fail(fmt.Errorf("raftnode: open snapshot store in %s: %w", cfg.DataDir, err))
 	}
 
-	// A nil advertise address makes the transport advertise the listener's
-	// address, which has the real port when RaftAddr has port 0.
-	transport, err := raft.NewTCPTransportWithConfig(cfg.RaftAddr, nil, &raft.NetworkTransportConfig{
-		MaxPool: transportMaxPool,
-		Timeout: transportTimeout,
-		Logger:  raftLogger.Named("transport"),
-	})
+	transport, err := newTransport(cfg, raftLogger)
 	if err != nil {
 		return fail(fmt.Errorf("raftnode: listen on RaftAddr %s: %w", cfg.RaftAddr, err))
 	}
@@ -167,8 +161,28 @@ func Open(cfg Config) (*Node, error) {
 	}
 
 	logger.Info("raft node started", "raft_addr", addr, "data_dir", cfg.DataDir,
-		"existing_state", hasState, "bootstrapped", bootstrapped)
+		"existing_state", hasState, "bootstrapped", bootstrapped, "tls", cfg.TLS != nil)
 	return n, nil
+}
+
+// newTransport listens on cfg.RaftAddr with plain TCP, or with mutual TLS
+// when cfg.TLS is set. Either way the transport advertises the listener's
+// address, which has the real port when RaftAddr has port 0.
+func newTransport(cfg Config, raftLogger *hclogAdapter) (*raft.NetworkTransport, error) {
+	transportConfig := &raft.NetworkTransportConfig{
+		MaxPool: transportMaxPool,
+		Timeout: transportTimeout,
+		Logger:  raftLogger.Named("transport"),
+	}
+	if cfg.TLS == nil {
+		return raft.NewTCPTransportWithConfig(cfg.RaftAddr, nil, transportConfig)
+	}
+	stream, err := newTLSStreamLayer(cfg.RaftAddr, cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
+	transportConfig.Stream = stream
+	return raft.NewNetworkTransportWithConfig(transportConfig), nil
 }
 
 // bootstrap writes the first configuration: this node as the only voter.

@@ -4,8 +4,10 @@
 // builds every element with DOM methods and textContent, never from HTML
 // strings, because names come from edge nodes and operators.
 //
-// NOTE: the API has no authentication. If an access token is ever required,
-// fetchJSON must send it, and this page needs a way to obtain it.
+// A central started with --token-file responds to the API requests with
+// 401 until the page sends a read or admin token. The token entered in the header is kept
+// in this tab's sessionStorage and sent as "Authorization: Bearer <token>",
+// to this central only.
 import {el, formatAmount, formatOptional, lineChart, slotLabel} from './chart.js';
 
 const POLL_INTERVAL_MS = 1000;
@@ -17,6 +19,8 @@ const WINDOW_SLOTS = 60;
 const QUOTA_LEAD_SLOTS = 2;
 // Columns of a quota table: the newest quota slots.
 const QUOTA_TABLE_SLOTS = 5;
+// The sessionStorage key of the access token.
+const TOKEN_KEY = 'throttle-central-token';
 
 const page = {
   selection: {service: '', user: ''},
@@ -34,9 +38,11 @@ const page = {
 // {ok: false, status, code, message}, and never rejects, so one failed
 // request leaves the other panels intact. status is 0 when no HTTP response came.
 async function fetchJSON(path) {
+  const token = readToken();
+  const headers = token === '' ? {} : {Authorization: `Bearer ${token}`};
   let response;
   try {
-    response = await fetch(path, {cache: 'no-store', signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS)});
+    response = await fetch(path, {cache: 'no-store', headers, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS)});
   } catch (err) {
     const message = err.name === 'TimeoutError'
       ? `the central did not answer within ${REQUEST_TIMEOUT_MS} ms`
@@ -135,7 +141,13 @@ function renderStatus(results, cluster) {
   const time = new Date().toLocaleTimeString('en-GB');
   // A 404 on the limit means "no limit set", which the limit panel shows.
   const failed = results.filter((result) => !result.ok && result.code !== 'not_found');
-  if (failed.length === 0) {
+  const denied = failed.find((result) => result.status === 401 || result.status === 403);
+  if (denied) {
+    const hint = denied.status === 401
+      ? (readToken() === '' ? 'This central requires an access token: enter a read or admin token above.' : 'The central rejected the token: check it and enter it again.')
+      : 'The token lacks the read scope: enter a read or admin token.';
+    setStatus('error', `${hint} (${denied.message})`);
+  } else if (failed.length === 0) {
     setStatus('ok', `Updated ${time} from ${cluster.body.node_id}`);
   } else if (failed.length === results.length && failed[0].status === 0) {
     setStatus('error', `At ${time} ${failed[0].message}. Retrying every second.`);
@@ -148,6 +160,36 @@ function setStatus(state, text) {
   const status = byId('status');
   status.dataset.state = state;
   status.textContent = text;
+}
+
+// ---- Access token (kept in sessionStorage) ---------------------------------
+
+// Returns the stored token, or '' when there is none or storage is blocked.
+function readToken() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) || '';
+  } catch (err) {
+    return '';
+  }
+}
+
+function onTokenSubmit(event) {
+  event.preventDefault();
+  const input = byId('token');
+  const token = input.value.trim();
+  try {
+    if (token === '') {
+      sessionStorage.removeItem(TOKEN_KEY);
+    } else {
+      sessionStorage.setItem(TOKEN_KEY, token);
+    }
+  } catch (err) {
+    setStatus('error', `The browser does not allow storing the token: ${err.message}`);
+    return;
+  }
+  input.value = '';
+  input.placeholder = token === '' ? 'read or admin' : 'token set; empty clears it';
+  restartPolling();
 }
 
 // ---- Selection (kept in the URL query) ------------------------------------
@@ -496,6 +538,10 @@ function start() {
   page.selection = readSelection();
   showSelection();
   byId('selection').addEventListener('submit', onSelectionSubmit);
+  byId('token-form').addEventListener('submit', onTokenSubmit);
+  if (readToken() !== '') {
+    byId('token').placeholder = 'token set; empty clears it';
+  }
   window.addEventListener('popstate', onHistoryChange);
   poll();
 }

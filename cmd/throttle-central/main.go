@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/throttlecentral/throttle-central/api"
 	"github.com/throttlecentral/throttle-central/central"
 	"github.com/throttlecentral/throttle-central/membership"
 	"github.com/throttlecentral/throttle-central/quota"
@@ -43,6 +44,9 @@ type options struct {
 	tlsCA         string
 	tlsSkipVerify bool
 	accessKeys    string
+	tokenFile     string
+	metricsToken  bool
+	raftTLS       bool
 	profiling     bool
 	raftHeartbeat time.Duration
 	raftElection  time.Duration
@@ -82,7 +86,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	flags.StringVar(&o.tlsKey, "tls-key", "", "PEM private key file for --tls-cert")
 	flags.StringVar(&o.tlsCA, "tls-ca", "", "PEM CA bundle that verifies other centrals' certificates when forwarding or joining (default: the system roots)")
 	flags.BoolVar(&o.tlsSkipVerify, "tls-skip-verify", false, "do not verify other centrals' certificates; for self-signed test set-ups only")
-	flags.StringVar(&o.accessKeys, "access-keys-file", "", "file of SigV4 key pairs, one \"ACCESS_KEY SECRET\" per line; when set, report WebSockets must be presigned with one of them")
+	flags.StringVar(&o.accessKeys, "access-keys-file", "", "file of SigV4 key pairs, one \"ACCESS_KEY SECRET\" per line; when set, report WebSockets without a node token must be presigned with one of them")
+	flags.StringVar(&o.tokenFile, "token-file", "", "file of API bearer tokens, one \"SCOPE TOKEN\" per line with scope admin, node or read; when set, every route except /healthz, /readyz, /ui and /metrics needs a token, and SIGHUP reloads the file (default: no authentication)")
+	flags.BoolVar(&o.metricsToken, "metrics-token-required", false, "make /metrics need a read or admin token from --token-file")
+	flags.BoolVar(&o.raftTLS, "raft-tls", false, "secure the Raft transport with mutual TLS, using --tls-cert and --tls-key; --tls-ca must have signed every central's certificate, and each certificate must name the host of the central's --raft-addr")
 	cli.DurationVar(flags, &o.raftHeartbeat, "raft-heartbeat-timeout", 0, "how long a follower waits without hearing from the leader before it starts an election (default 1s, as hashicorp/raft); lower means faster failover and more elections on a busy machine")
 	cli.DurationVar(flags, &o.raftElection, "raft-election-timeout", 0, "how long a candidate waits for an election to finish, at least the heartbeat timeout (default 1s)")
 	flags.Uint64Var(&o.raftSnapshot, "raft-snapshot-threshold", 0, "Raft log entries between snapshots (default 8192)")
@@ -131,6 +138,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("--bootstrap and --join exclude each other: bootstrap only the first central of a new cluster, and start every other central, or one that comes back without its data, with --join")
 	case (o.tlsCert == "") != (o.tlsKey == ""):
 		return o, errors.New("--tls-cert and --tls-key go together; set both or neither")
+	case o.metricsToken && o.tokenFile == "":
+		return o, errors.New("--metrics-token-required needs --token-file, which contains the tokens")
+	case o.raftTLS && (o.tlsCert == "" || o.tlsCA == ""):
+		return o, errors.New("--raft-tls needs --tls-cert, --tls-key and --tls-ca: every central presents its certificate, and the CA verifies the others")
 	case o.raftHeartbeat < 0 || o.raftElection < 0:
 		return o, errors.New("--raft-heartbeat-timeout and --raft-election-timeout must not be negative")
 	case o.raftHeartbeat > 0 && o.raftElection > 0 && o.raftElection < o.raftHeartbeat:
@@ -251,6 +262,11 @@ func run(args []string, stderr io.Writer) int {
 			return 2
 		}
 	}
+	tokens, err := o.loadTokens(logger)
+	if err != nil {
+		fmt.Fprintln(stderr, "throttle-central: --token-file:", err)
+		return 2
+	}
 	gossipKey, err := o.gossipKeyValue()
 	if err != nil {
 		fmt.Fprintln(stderr, "throttle-central:", err)
@@ -271,6 +287,8 @@ func run(args []string, stderr io.Writer) int {
 		Allocation:    quota.Mode(o.allocation),
 		TLS:           central.TLSConfig{CertFile: o.tlsCert, KeyFile: o.tlsKey, CAFile: o.tlsCA, SkipPeerVerify: o.tlsSkipVerify},
 		AccessKeys:    keys,
+		Tokens:        tokens,
+		RaftTLS:       o.raftTLS,
 		Profiling:     o.profiling,
 		Raft:          o.raftConfig(),
 		HistorySlots:  o.historySlots,
@@ -281,7 +299,8 @@ func run(args []string, stderr io.Writer) int {
 		GossipKey:       gossipKey,
 		Gossip:          o.gossipConfig(),
 
-		MetricsTopUsers: o.topUsers,
+		MetricsTopUsers:      o.topUsers,
+		MetricsTokenRequired: o.metricsToken,
 
 		Logger: logger,
 	})
@@ -291,15 +310,8 @@ func run(args []string, stderr io.Writer) int {
 	}
 
 	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
-	code := 0
-	select {
-	case sig := <-signals:
-		logger.Info("shutting down", slog.String("signal", sig.String()))
-	case err := <-c.Fatal():
-		logger.Error("stopping after a fatal error", slog.Any("error", err))
-		code = 1
-	}
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	code := waitForStop(signals, c, o, logger)
 	ctx, cancel := context.WithTimeout(context.Background(), o.shutdown)
 	defer cancel()
 	if err := c.Close(ctx); err != nil {
@@ -307,6 +319,70 @@ func run(args []string, stderr io.Writer) int {
 		code = 1
 	}
 	return code
+}
+
+// waitForStop handles signals until SIGTERM, SIGINT or a fatal error of
+// the central, and returns the exit code. SIGHUP reloads --token-file.
+func waitForStop(signals <-chan os.Signal, c *central.Central, o options, logger *slog.Logger) int {
+	for {
+		select {
+		case sig := <-signals:
+			if sig == syscall.SIGHUP {
+				o.reloadTokens(c, logger)
+				continue
+			}
+			logger.Info("shutting down", slog.String("signal", sig.String()))
+			return 0
+		case err := <-c.Fatal():
+			logger.Error("stopping after a fatal error", slog.Any("error", err))
+			return 1
+		}
+	}
+}
+
+// loadTokens reads --token-file, or returns nil when it is not set. It
+// warns when other users may read the file.
+func (o options) loadTokens(logger *slog.Logger) (*api.Tokens, error) {
+	if o.tokenFile == "" {
+		return nil, nil
+	}
+	tokens, err := api.LoadTokens(o.tokenFile)
+	if err != nil {
+		return nil, err
+	}
+	if tokens.Count(api.ScopeAdmin) == 0 {
+		return nil, fmt.Errorf("token file %s has no admin token; add one, because a central sends the first admin token to the other centrals when it joins and when it relays WebSocket reports", o.tokenFile)
+	}
+	if info, err := os.Stat(o.tokenFile); err == nil && info.Mode().Perm()&0o077 != 0 {
+		logger.Warn("the token file is readable by other users; restrict it with chmod 600",
+			slog.String("token_file", o.tokenFile), slog.String("mode", info.Mode().Perm().String()))
+	}
+	logger.Info("loaded the token file", tokenCounts(o.tokenFile, tokens)...)
+	return tokens, nil
+}
+
+// reloadTokens reads --token-file again and replaces the central's tokens.
+// On any error the tokens in force stay.
+func (o options) reloadTokens(c *central.Central, logger *slog.Logger) {
+	if o.tokenFile == "" {
+		logger.Warn("ignored SIGHUP: it reloads --token-file, which is not set")
+		return
+	}
+	tokens, err := o.loadTokens(logger)
+	if err == nil {
+		err = c.ReloadTokens(tokens)
+	}
+	if err != nil {
+		logger.Error("reloading the token file failed; the previous tokens stay in force",
+			slog.String("token_file", o.tokenFile), slog.Any("error", err))
+		return
+	}
+	logger.Info("reloaded the token file", slog.String("token_file", o.tokenFile))
+}
+
+func tokenCounts(path string, tokens *api.Tokens) []any {
+	return []any{slog.String("token_file", path), slog.Int("admin", tokens.Count(api.ScopeAdmin)),
+		slog.Int("node", tokens.Count(api.ScopeNode)), slog.Int("read", tokens.Count(api.ScopeRead))}
 }
 
 // gossipConfig turns the gossip timing flags into a membership.Config;

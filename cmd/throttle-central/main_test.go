@@ -2,16 +2,22 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"errors"
 	"flag"
 	"github.com/throttlecentral/throttle-central/internal/cli"
+	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/throttlecentral/throttle-central/central"
 )
 
 func TestParseFlagsRequiresNodeIDAndDataDir(t *testing.T) {
@@ -184,5 +190,184 @@ func TestParseFlagsMetricsTopUsers(t *testing.T) {
 	}
 	if o.topUsers != 25 {
 		t.Errorf("--metrics-top-users 25 with THROTTLE_METRICS_TOP_USERS=0 gives %d, want the flag's 25", o.topUsers)
+	}
+}
+
+func TestParseFlagsRejectsBadSecurityFlags(t *testing.T) {
+	base := []string{"--node-id", "c1", "--data-dir", "d"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{append(slices.Clone(base), "--metrics-token-required"), "--metrics-token-required needs --token-file"},
+		{append(slices.Clone(base), "--raft-tls"), "--raft-tls needs --tls-cert, --tls-key and --tls-ca"},
+		{append(slices.Clone(base), "--raft-tls", "--tls-cert", "c.pem", "--tls-key", "k.pem"), "--raft-tls needs --tls-cert, --tls-key and --tls-ca"},
+		{append(slices.Clone(base), "--raft-tls", "--tls-cert", "c.pem", "--tls-ca", "ca.pem"), "--tls-cert and --tls-key go together"},
+	} {
+		_, err := parseFlags(tc.args, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("parseFlags(%v) error %v, want one containing %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestParseFlagsTokenFileFromEnvironment(t *testing.T) {
+	t.Setenv("THROTTLE_TOKEN_FILE", "/etc/throttle/tokens")
+	t.Setenv("THROTTLE_METRICS_TOKEN_REQUIRED", "true")
+
+	o, err := parseFlags([]string{"--node-id", "c1", "--data-dir", "d"}, &bytes.Buffer{})
+
+	if err != nil {
+		t.Fatalf("parseFlags: %v", err)
+	}
+	if o.tokenFile != "/etc/throttle/tokens" || !o.metricsToken {
+		t.Errorf("THROTTLE_TOKEN_FILE and THROTTLE_METRICS_TOKEN_REQUIRED give %q and %v", o.tokenFile, o.metricsToken)
+	}
+}
+
+func TestHelpListsSecurityFlags(t *testing.T) {
+	var out bytes.Buffer
+	if _, err := parseFlags([]string{"--help"}, &out); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	for _, want := range []string{"-token-file", "-metrics-token-required", "-raft-tls", "SIGHUP"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("help text lacks %q", want)
+		}
+	}
+}
+
+// writeTokenFile writes text to a file with mode perm and returns its path.
+func writeTokenFile(t *testing.T, text string, perm os.FileMode) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(path, []byte(text), perm); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, perm); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestRunRejectsBadTokenFiles(t *testing.T) {
+	const secret = "secret-token-0123456789abcdef"
+	for _, tc := range []struct {
+		name string
+		file string
+		want string
+	}{
+		{"unknown scope", "writer " + secret + "\n", "line 1: unknown scope"},
+		{"short token", "admin short\n", "line 1: the token is 5 bytes"},
+		{"no admin token", "node " + secret + "\n", "has no admin token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeTokenFile(t, tc.file, 0o600)
+			var stderr bytes.Buffer
+
+			code := run([]string{"--node-id", "c1", "--data-dir", t.TempDir(), "--token-file", path}, &stderr)
+
+			if code != 2 {
+				t.Errorf("exit code %d, want 2; stderr: %s", code, stderr.String())
+			}
+			for _, part := range []string{"--token-file", path, tc.want} {
+				if !strings.Contains(stderr.String(), part) {
+					t.Errorf("stderr %q does not contain %q", stderr.String(), part)
+				}
+			}
+			if strings.Contains(stderr.String(), secret) {
+				t.Errorf("stderr contains the token: %s", stderr.String())
+			}
+		})
+	}
+}
+
+func TestLoadTokensWarnsAboutReadableFile(t *testing.T) {
+	path := writeTokenFile(t, "admin admin-token-0123456789abcdef\n", 0o644)
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+
+	tokens, err := options{tokenFile: path}.loadTokens(logger)
+
+	if err != nil || tokens == nil {
+		t.Fatalf("loadTokens: %v", err)
+	}
+	if !strings.Contains(logs.String(), "chmod 600") {
+		t.Errorf("log %q has no warning about the file mode", logs.String())
+	}
+	if strings.Contains(logs.String(), "admin-token-0123456789abcdef") {
+		t.Errorf("log contains the token: %s", logs.String())
+	}
+}
+
+func TestSIGHUPReloadsTokenFile(t *testing.T) {
+	const first, second = "first-admin-0123456789abcdef", "second-admin-0123456789abcdef"
+	path := writeTokenFile(t, "admin "+first+"\n", 0o600)
+	o := options{tokenFile: path}
+	logger := slog.New(slog.DiscardHandler)
+	tokens, err := o.loadTokens(logger)
+	if err != nil {
+		t.Fatalf("loadTokens: %v", err)
+	}
+	c, err := central.Start(central.Config{
+		NodeID: "c1", HTTPAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0", DataDir: t.TempDir(),
+		Bootstrap: true, Tokens: tokens, Logger: logger,
+	})
+	if err != nil {
+		t.Fatalf("starting a central: %v", err)
+	}
+	signals := make(chan os.Signal, 1)
+	stopped := make(chan int, 1)
+	go func() { stopped <- waitForStop(signals, c, o, logger) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c.Close(ctx)
+	})
+	status := func(token string) int {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+c.HTTPAddr()+"/v1/limits", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("GET /v1/limits: %v", err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := status(first); got != http.StatusOK {
+		t.Fatalf("GET with the first token: %d, want 200", got)
+	}
+
+	if err := os.WriteFile(path, []byte("admin "+second+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	signals <- syscall.SIGHUP
+	deadline := time.Now().Add(10 * time.Second)
+	for status(second) != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatalf("the second token is not accepted 10 s after SIGHUP")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := status(first); got != http.StatusUnauthorized {
+		t.Errorf("GET with the replaced token: %d, want 401", got)
+	}
+
+	// A broken file keeps the tokens in force.
+	if err := os.WriteFile(path, []byte("admin short\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	signals <- syscall.SIGHUP
+	signals <- syscall.SIGTERM
+	select {
+	case code := <-stopped:
+		if code != 0 {
+			t.Errorf("waitForStop returned %d after SIGTERM, want 0", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("waitForStop did not return after SIGTERM")
+	}
+	if got := status(second); got != http.StatusOK {
+		t.Errorf("GET with the second token after a failed reload: %d, want 200", got)
 	}
 }
