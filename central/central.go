@@ -387,12 +387,15 @@ func (c *Central) Close(ctx context.Context) error {
 	if err := c.api.Shutdown(ctx); err != nil {
 		errs = append(errs, err)
 	}
-	if err := c.closeGossip(ctx); err != nil {
-		errs = append(errs, err)
-	}
 	c.cancel()
 	c.alloc.stop()
+	// Raft first: a leader hands leadership over in milliseconds, while
+	// leaving the gossip pool takes most of a second, during which writes
+	// forwarded to a leader whose API has stopped would fail.
 	if err := c.closeRaft(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.closeGossip(ctx); err != nil {
 		errs = append(errs, err)
 	}
 	c.wg.Wait()

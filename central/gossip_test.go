@@ -114,7 +114,7 @@ func TestGossipMembersListAllCentrals(t *testing.T) {
 		}
 	}
 
-	// A graceful stop leaves the pool before Raft shuts down, so the
+	// A graceful stop leaves the pool (after Raft hands leadership over), so the
 	// others list the central as left, not dead.
 	nodes[2].stop(t)
 	waitFor(t, "c1 to see c3 left", func() string {

@@ -75,6 +75,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	// The flag package writes only the help; run prints a parse error once,
 	// with a hint to the help.
 	flags.SetOutput(io.Discard)
+	flags.String(cli.ConfigFlag, "", "file of settings, one `name = value` a line with the flag names without dashes; the command line wins over the environment, and the environment over the file")
 	flags.StringVar(&o.nodeID, "node-id", "", "Raft server ID of this central, unique in the cluster and fixed for the life of its data directory (required)")
 	flags.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:8081", "host:port the HTTP API listens on")
 	flags.StringVar(&o.httpAdvertise, "http-advertise", "", "host:port other centrals use to reach the HTTP API (default: the address --http-addr resolves to; required when it listens on all interfaces)")
@@ -115,13 +116,13 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		}
 		flags.SetOutput(stderr)
 		fmt.Fprintf(stderr, "Usage: throttle-central --node-id ID --data-dir DIR [--bootstrap | --join ADDR,...] [flags]\n\n")
-		fmt.Fprintf(stderr, "Every flag can also be set as THROTTLE_<FLAG> in the environment, for example THROTTLE_NODE_ID.\n\nFlags:\n")
+		fmt.Fprintf(stderr, "Every flag can also be set as THROTTLE_<FLAG> in the environment, for example THROTTLE_NODE_ID, or in the file that --config names.\n\nFlags:\n")
 		flags.PrintDefaults()
 	}
 	if err := flags.Parse(args); err != nil {
 		return o, err
 	}
-	if err := cli.ApplyEnvironment(flags, "THROTTLE_", os.LookupEnv); err != nil {
+	if err := cli.ApplySettings(flags, "THROTTLE_", os.LookupEnv); err != nil {
 		return o, err
 	}
 	if flags.NArg() > 0 {

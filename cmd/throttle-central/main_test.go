@@ -371,3 +371,21 @@ func TestSIGHUPReloadsTokenFile(t *testing.T) {
 		t.Errorf("GET with the second token after a failed reload: %d, want 200", got)
 	}
 }
+
+func TestParseFlagsConfigFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "central.conf")
+	config := "# c1 of the test cluster\nnode-id = c1\ndata-dir = /var/lib/throttle/c1\nraft-heartbeat-timeout = 500ms\n"
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o, err := parseFlags([]string{"--config", path, "--data-dir", "/tmp/c1"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatalf("parseFlags: %v", err)
+	}
+	if o.nodeID != "c1" || o.raftHeartbeat != 500*time.Millisecond {
+		t.Errorf("from the file: node-id %q, raft-heartbeat-timeout %v", o.nodeID, o.raftHeartbeat)
+	}
+	if o.dataDir != "/tmp/c1" {
+		t.Errorf("data-dir %q, want /tmp/c1 from the command line", o.dataDir)
+	}
+}
