@@ -75,11 +75,15 @@ type options struct {
 type environment struct {
 	lookup   func(string) (string, bool)
 	hostname func() (string, error)
+	// stdout receives the help.
+	stdout io.Writer
 }
 
-var processEnvironment = environment{lookup: os.LookupEnv, hostname: os.Hostname}
+var processEnvironment = environment{lookup: os.LookupEnv, hostname: os.Hostname, stdout: os.Stdout}
 
-func parseFlags(args []string, stderr io.Writer, env environment) (options, error) {
+// parseFlags parses the command line and the settings from the environment
+// and the config file. The help, when asked for, goes to help.
+func parseFlags(args []string, help io.Writer, env environment) (options, error) {
 	var (
 		o               options
 		centrals        string
@@ -114,9 +118,9 @@ func parseFlags(args []string, stderr io.Writer, env environment) (options, erro
 		if !cli.HelpRequested(args) {
 			return
 		}
-		flags.SetOutput(stderr)
-		fmt.Fprintf(stderr, "Usage: throttle-agent --centrals URL,... [flags]\n\n")
-		fmt.Fprintf(stderr, "Every flag can also be set as THROTTLE_AGENT_<FLAG> in the environment, for example THROTTLE_AGENT_CENTRALS, or in the file that --config names.\n\nFlags:\n")
+		flags.SetOutput(help)
+		fmt.Fprintf(help, "Usage: throttle-agent --centrals URL,... [flags]\n\n")
+		fmt.Fprintf(help, "Every flag can also be set as THROTTLE_AGENT_<FLAG> in the environment, for example THROTTLE_AGENT_CENTRALS, or in the file that --config names.\n\nFlags:\n")
 		flags.PrintDefaults()
 	}
 	if err := flags.Parse(args); err != nil {
@@ -285,7 +289,7 @@ func (o options) readGossipKey() (string, error) {
 // starting or shutting down failed, 2 for invalid flags, including central
 // URLs that the edge client rejects.
 func run(ctx context.Context, args []string, stderr io.Writer, ready func(addr string)) int {
-	o, err := parseFlags(args, stderr, processEnvironment)
+	o, err := parseFlags(args, processEnvironment.stdout, processEnvironment)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}

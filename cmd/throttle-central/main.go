@@ -27,7 +27,7 @@ import (
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 // options are the parsed flags.
@@ -69,7 +69,9 @@ type options struct {
 	gossipReclaimTime   time.Duration
 }
 
-func parseFlags(args []string, stderr io.Writer) (options, error) {
+// parseFlags parses the command line and the settings from the environment
+// and the config file. The help, when asked for, goes to help.
+func parseFlags(args []string, help io.Writer) (options, error) {
 	var o options
 	flags := flag.NewFlagSet("throttle-central", flag.ContinueOnError)
 	// The flag package writes only the help; run prints a parse error once,
@@ -114,9 +116,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		if !cli.HelpRequested(args) {
 			return
 		}
-		flags.SetOutput(stderr)
-		fmt.Fprintf(stderr, "Usage: throttle-central --node-id ID --data-dir DIR [--bootstrap | --join ADDR,...] [flags]\n\n")
-		fmt.Fprintf(stderr, "Every flag can also be set as THROTTLE_<FLAG> in the environment, for example THROTTLE_NODE_ID, or in the file that --config names.\n\nFlags:\n")
+		flags.SetOutput(help)
+		fmt.Fprintf(help, "Usage: throttle-central --node-id ID --data-dir DIR [--bootstrap | --join ADDR,...] [flags]\n\n")
+		fmt.Fprintf(help, "Every flag can also be set as THROTTLE_<FLAG> in the environment, for example THROTTLE_NODE_ID, or in the file that --config names.\n\nFlags:\n")
 		flags.PrintDefaults()
 	}
 	if err := flags.Parse(args); err != nil {
@@ -241,8 +243,8 @@ func (o options) gossipKeyValue() (string, error) {
 	return key, nil
 }
 
-func run(args []string, stderr io.Writer) int {
-	o, err := parseFlags(args, stderr)
+func run(args []string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"github.com/throttlecentral/throttle-central/internal/cli"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -57,10 +58,10 @@ func TestHelpExitsZero(t *testing.T) {
 			t.Errorf("help text lacks %q", want)
 		}
 	}
-	if code := run([]string{"--help"}, &bytes.Buffer{}); code != 0 {
+	if code := run([]string{"--help"}, io.Discard, &bytes.Buffer{}); code != 0 {
 		t.Errorf("run --help exit code %d, want 0", code)
 	}
-	if code := run([]string{"--node-id", "x"}, &bytes.Buffer{}); code != 2 {
+	if code := run([]string{"--node-id", "x"}, io.Discard, &bytes.Buffer{}); code != 2 {
 		t.Errorf("run without --data-dir exit code %d, want 2", code)
 	}
 }
@@ -265,7 +266,7 @@ func TestRunRejectsBadTokenFiles(t *testing.T) {
 			path := writeTokenFile(t, tc.file, 0o600)
 			var stderr bytes.Buffer
 
-			code := run([]string{"--node-id", "c1", "--data-dir", t.TempDir(), "--token-file", path}, &stderr)
+			code := run([]string{"--node-id", "c1", "--data-dir", t.TempDir(), "--token-file", path}, io.Discard, &stderr)
 
 			if code != 2 {
 				t.Errorf("exit code %d, want 2; stderr: %s", code, stderr.String())
