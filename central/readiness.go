@@ -28,11 +28,16 @@ type readiness struct {
 type raftView interface {
 	Leader() (id, addr string)
 	Stats() (raftnode.Stats, error)
+	ID() string
+	Servers() ([]raftnode.Server, error)
 }
 
 func (r *readiness) check() (bool, string) {
 	id, _ := r.node.Leader()
 	if id == "" {
+		if !r.member() {
+			return false, "no leader is known, and this central is not in its cluster configuration: it has not been added yet (with --join that takes seconds), or it was removed; POST /v1/cluster/join on a member adds it"
+		}
 		return false, "no leader is known"
 	}
 	stats, err := r.node.Stats()
@@ -56,4 +61,20 @@ func (r *readiness) check() (bool, string) {
 		return false, fmt.Sprintf("applied index %d is behind index %d, the newest entry known when a leader appeared", stats.AppliedIndex, r.target)
 	}
 	return true, ""
+}
+
+// member reports whether this node is in the Raft configuration it knows.
+// A node that cannot read its configuration counts as a member, so the
+// plainer reason is given.
+func (r *readiness) member() bool {
+	servers, err := r.node.Servers()
+	if err != nil {
+		return true
+	}
+	for _, server := range servers {
+		if server.ID == r.node.ID() {
+			return true
+		}
+	}
+	return false
 }

@@ -12,9 +12,18 @@ import (
 type fakeRaft struct {
 	leader string
 	stats  raftnode.Stats
+	// outside makes the node's configuration leave it out.
+	outside bool
 }
 
 func (f *fakeRaft) Leader() (string, string) { return f.leader, "" }
+func (f *fakeRaft) ID() string               { return "c2" }
+func (f *fakeRaft) Servers() ([]raftnode.Server, error) {
+	if f.outside {
+		return []raftnode.Server{{ID: "c1"}}, nil
+	}
+	return []raftnode.Server{{ID: "c1"}, {ID: "c2"}}, nil
+}
 func (f *fakeRaft) Stats() (raftnode.Stats, error) {
 	return f.stats, nil
 }
@@ -69,5 +78,21 @@ func TestReadinessLeaderWaitsForQuotaEngine(t *testing.T) {
 	engine = true
 	if ready, reason := r.check(); !ready {
 		t.Errorf("leader with its quota engine: not ready: %s", reason)
+	}
+}
+
+func TestReadinessNamesMissingMembership(t *testing.T) {
+	node := &fakeRaft{outside: true, stats: raftnode.Stats{State: raft.Follower, LastContact: raftnode.NoContact}}
+	r := &readiness{node: node}
+	ready, reason := r.check()
+	if ready {
+		t.Fatal("a node outside its configuration is ready")
+	}
+	if !strings.Contains(reason, "not in its cluster configuration") {
+		t.Errorf("reason %q, want it to say the node is not in the configuration", reason)
+	}
+	node.outside = false
+	if _, reason := r.check(); reason != "no leader is known" {
+		t.Errorf("a member without a leader: reason %q, want %q", reason, "no leader is known")
 	}
 }
