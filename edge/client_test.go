@@ -505,6 +505,9 @@ func TestClientAllCentralsFailDropsCounts(t *testing.T) {
 	if stats.ReportsFailed != 1 || stats.ReportsSent != 0 {
 		t.Errorf("Stats.ReportsFailed = %d and ReportsSent = %d, want 1 and 0", stats.ReportsFailed, stats.ReportsSent)
 	}
+	if stats.LastErrorSlot == 0 {
+		t.Error("Stats.LastErrorSlot is 0, want the slot of the failed report")
+	}
 	if !strings.Contains(stats.LastError, "503") {
 		t.Errorf("Stats.LastError = %q, want it to name status 503", stats.LastError)
 	}

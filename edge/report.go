@@ -92,8 +92,11 @@ type Stats struct {
 	// LastReportSlot is the slot_number of the last report a central
 	// replied to. Its counts were those of the slot before.
 	LastReportSlot int64 `json:"last_report_slot,omitempty"`
-	// LastError describes the last failed or rejected report.
-	LastError string `json:"last_error,omitempty"`
+	// LastError describes the last failed or rejected report, and
+	// LastErrorSlot is the slot_number of that report, so a reader can tell
+	// an old error from a current one.
+	LastError     string `json:"last_error,omitempty"`
+	LastErrorSlot int64  `json:"last_error_slot,omitempty"`
 	// QuotaSlots is how many slots have quotas cached, for any service.
 	QuotaSlots int `json:"quota_slots"`
 	// NewestQuotaSlot is the newest slot with quotas cached, 0 when none.
@@ -555,7 +558,7 @@ func (c *Client) reportFailed(slot int64, report *protocol.Report, err error) {
 	r.failedRounds++
 	c.updateStats(func(s *Stats) {
 		s.ReportsFailed++
-		s.LastError = err.Error()
+		s.LastError, s.LastErrorSlot = err.Error(), slot
 	})
 	if r.failedRounds == 1 || r.failedRounds%failureLogEvery == 0 {
 		c.log.Warn("report reached no central; its counts are dropped and the node uses its cached quotas, then the fallback policy",
@@ -572,7 +575,7 @@ func (c *Client) reportRejected(slot int64, report *protocol.Report, index int, 
 	r.rejectedRounds++
 	c.updateStats(func(s *Stats) {
 		s.ReportsRejected++
-		s.LastError = err.Error()
+		s.LastError, s.LastErrorSlot = err.Error(), slot
 	})
 	if r.rejectedRounds == 1 || r.rejectedRounds%failureLogEvery == 0 {
 		c.log.Error("central rejected the report; its counts are dropped",
