@@ -63,7 +63,7 @@ func (r *readiness) check() (bool, string) {
 	return true, ""
 }
 
-// member reports whether this node is in the Raft configuration it knows.
+// member reports whether this node is in its own copy of the Raft configuration.
 // A node that cannot read its configuration counts as a member, so the
 // plainer reason is given.
 func (r *readiness) member() bool {

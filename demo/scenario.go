@@ -1,8 +1,8 @@
-// Package demo runs the end-to-end demonstration behind make demo: three
-// centrals and four throttle-agent edge nodes on 127.0.0.1, one global
-// limit, skewed demand at three times the limit that moves between the
-// agents, an agent killed with SIGKILL and later the leader, and the
-// admitted amount measured every second against the limit.
+// Package demo runs the end-to-end demonstration behind make demo. It
+// starts three centrals and four throttle-agent edge nodes on 127.0.0.1 and
+// sets one global limit. Skewed demand at three times the limit moves
+// between the agents, and an agent and later the leader are killed with
+// SIGKILL. The admitted amount is measured every second against the limit.
 package demo
 
 import (
@@ -19,7 +19,7 @@ type Phase struct {
 	Note string
 }
 
-// Scenario is what happens, as offsets from the start of the demand.
+// Scenario is the sequence of events of a run, as offsets from the start of the demand.
 type Scenario struct {
 	// Duration is how long demand runs, warm-up included.
 	Duration time.Duration
@@ -41,7 +41,7 @@ type Scenario struct {
 }
 
 // Full is the scenario of make demo: 65 s of demand. The agent killed is
-// the one with the least demand, about a tenth of the limit: the quotas of
+// the one with the least demand, about a tenth of the limit. The quotas of
 // the next two seconds were assigned before the kill, so its share is lost
 // for about two seconds before it moves to the survivors.
 var Full = Scenario{

@@ -86,7 +86,7 @@ start_node() {
 }
 
 # wait_for_cluster: polls until every node reports the same leader and three
-# servers and answers /readyz with 200 (it has applied what the leader
+# servers and returns 200 from /readyz (it has applied what the leader
 # committed), or fails after WAIT_SECONDS.
 wait_for_cluster() {
 	local deadline=$((SECONDS + WAIT_SECONDS)) n leaders status
@@ -116,7 +116,7 @@ wait_for_cluster() {
 	return 1
 }
 
-# all_ready: every node answers /readyz with 200.
+# all_ready: every node returns 200 from /readyz.
 all_ready() {
 	local n
 	for n in $(seq 1 $NODES); do
