@@ -94,43 +94,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# port_in_use PORT: true when a TCP or UDP socket on this machine uses PORT.
-port_in_use() {
-	if command -v ss >/dev/null; then
-		[[ -n $(ss -Htuan "( sport = :$1 )" 2>/dev/null) ]]
-	else
-		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-	fi
-}
-
-# pick_ports sets HTTP_BASE, RAFT_BASE and GOSSIP_BASE to three blocks of
-# three free ports, at random in 20000-29999, below Linux's default
-# ephemeral range (32768-60999).
-# NOTE: another program can still bind a port between this check and the
-# centrals' start. A central then fails to start, and the script reports it.
-pick_ports() {
-	local reserved=() bases=() attempt base port free
-	for attempt in $(seq 1 100); do
-		base=$((20000 + RANDOM % 9998))
-		free=1
-		for port in "$base" $((base + 1)) $((base + 2)); do
-			if [[ " ${reserved[*]} " == *" $port "* ]] || port_in_use "$port"; then
-				free=0
-				break
-			fi
-		done
-		if ((free)); then
-			bases+=("$base")
-			reserved+=("$base" $((base + 1)) $((base + 2)))
-			if ((${#bases[@]} == 3)); then
-				HTTP_BASE=${bases[0]} RAFT_BASE=${bases[1]} GOSSIP_BASE=${bases[2]}
-				return 0
-			fi
-		fi
-	done
-	echo "found no three blocks of three free ports in 20000-29999 after 100 attempts" >&2
-	exit 1
-}
+# shellcheck source=scripts/lib/ports.sh
+. scripts/lib/ports.sh
 
 http_addr() { echo "127.0.0.1:$((HTTP_BASE + $1 - 1))"; }
 raft_addr() { echo "127.0.0.1:$((RAFT_BASE + $1 - 1))"; }
@@ -167,7 +132,8 @@ SECRET_KEY=$(openssl rand -hex 20)
 printf '%s %s\n' "$ACCESS_KEY" "$SECRET_KEY" >"$dir/access-keys"
 umask 022
 
-pick_ports
+pick_port_bases || exit 1
+HTTP_BASE=$HTTP_PORT_BASE RAFT_BASE=$RAFT_PORT_BASE GOSSIP_BASE=$GOSSIP_PORT_BASE
 echo "== starting c1-c3: HTTPS $(http_addr 1)-$((HTTP_BASE + 2)), Raft $(raft_addr 1)-$((RAFT_BASE + 2)), gossip $(gossip_addr 1)-$((GOSSIP_BASE + 2))"
 for n in $(seq 1 $NODES); do
 	args=(--node-id "c$n" --data-dir "$dir/data/c$n"
