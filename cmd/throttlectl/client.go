@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/throttlecentral/throttle-central/internal/cli"
 	"io"
 	"net"
 	"net/http"
@@ -73,7 +74,7 @@ func newClient(o globalOptions) (*client, error) {
 
 // parseCentrals parses --addr into base URLs without a trailing slash.
 func parseCentrals(list string, useTLS bool) ([]string, error) {
-	entries := splitList(list)
+	entries := cli.SplitList(list)
 	if len(entries) == 0 {
 		return nil, usagef("--addr is empty; give at least one central, for example 127.0.0.1:8081")
 	}
@@ -161,16 +162,6 @@ func buildTLSConfig(o globalOptions) (*tls.Config, error) {
 		return &tls.Config{RootCAs: roots}, nil
 	}
 	return nil, nil
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, part := range strings.Split(s, ",") {
-		if part = strings.TrimSpace(part); part != "" {
-			out = append(out, part)
-		}
-	}
-	return out
 }
 
 // response is a central's final response: a status other than 502, 503

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/throttlecentral/throttle-central/internal/cli"
 	"io"
 	"os"
 	"os/signal"
@@ -390,7 +391,7 @@ func isBoolFlag(f *flag.Flag) bool {
 }
 
 func envVariable(flagName string) string {
-	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+	return cli.EnvName(envPrefix, flagName)
 }
 
 func versionCommand() *command {
