@@ -92,10 +92,6 @@ func parseFlags(args []string, help io.Writer, env environment) (options, error)
 		gossipJoin      string
 	)
 	flags := flag.NewFlagSet("throttle-agent", flag.ContinueOnError)
-	// The flag package writes only the help; run prints a parse error once,
-	// with a hint to the help.
-	flags.SetOutput(io.Discard)
-	flags.String(cli.ConfigFlag, "", "file of settings, one `name = value` a line with the flag names without dashes; the command line wins over the environment, and the environment over the file")
 	flags.StringVar(&o.listen, "listen", "127.0.0.1:9090", "host:port of the local HTTP API; it must be a loopback address unless --listen-any is set")
 	flags.BoolVar(&o.listenAny, "listen-any", false, "allow --listen on a non-loopback address; the API has no authentication, so anyone who reaches it can consume a user's quota")
 	flags.StringVar(&o.nodeID, "node-id", "", "name of this edge node in reports and gossip, unique in the fleet (default: the host name)")
@@ -114,23 +110,9 @@ func parseFlags(args []string, help io.Writer, env environment) (options, error)
 	flags.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	flags.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	cli.DurationVar(flags, &o.shutdown, "shutdown-timeout", 5*time.Second, "how long a graceful shutdown may take; it includes waiting up to about one second for the final report")
-	flags.Usage = func() {
-		if !cli.HelpRequested(args) {
-			return
-		}
-		flags.SetOutput(help)
-		fmt.Fprintf(help, "Usage: throttle-agent --centrals URL,... [flags]\n\n")
-		fmt.Fprintf(help, "Every flag can also be set as THROTTLE_AGENT_<FLAG> in the environment, for example THROTTLE_AGENT_CENTRALS, or in the file that --config names.\n\nFlags:\n")
-		flags.PrintDefaults()
-	}
-	if err := flags.Parse(args); err != nil {
+	command := cli.Command{Usage: "Usage: throttle-agent --centrals URL,... [flags]", EnvPrefix: "THROTTLE_AGENT_", EnvExample: "THROTTLE_AGENT_CENTRALS"}
+	if err := cli.Parse(flags, args, command, help, env.lookup); err != nil {
 		return o, err
-	}
-	if err := cli.ApplySettings(flags, "THROTTLE_AGENT_", env.lookup); err != nil {
-		return o, err
-	}
-	if flags.NArg() > 0 {
-		return o, fmt.Errorf("unexpected argument %q; flags start with --", flags.Arg(0))
 	}
 
 	if o.nodeID == "" {

@@ -74,10 +74,6 @@ type options struct {
 func parseFlags(args []string, help io.Writer) (options, error) {
 	var o options
 	flags := flag.NewFlagSet("throttle-central", flag.ContinueOnError)
-	// The flag package writes only the help; run prints a parse error once,
-	// with a hint to the help.
-	flags.SetOutput(io.Discard)
-	flags.String(cli.ConfigFlag, "", "file of settings, one `name = value` a line with the flag names without dashes; the command line wins over the environment, and the environment over the file")
 	flags.StringVar(&o.nodeID, "node-id", "", "Raft server ID of this central, unique in the cluster and fixed for the life of its data directory (required)")
 	flags.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:8081", "host:port the HTTP API listens on")
 	flags.StringVar(&o.httpAdvertise, "http-advertise", "", "host:port other centrals use to reach the HTTP API (default: the address --http-addr resolves to; required when it listens on all interfaces)")
@@ -112,23 +108,9 @@ func parseFlags(args []string, help io.Writer) (options, error) {
 	cli.DurationVar(flags, &o.gossipProbeTimeout, "gossip-probe-timeout", membership.DefaultProbeTimeout, "how long a probe waits for an ack before other members are asked to probe, at most --gossip-probe-interval; about the network's 99th-percentile round trip")
 	flags.IntVar(&o.gossipSuspicionMult, "gossip-suspicion-mult", membership.DefaultSuspicionMult, "a member that fails its probes stays suspect for at least this many probe intervals (times log10 of the member count when over 10, and up to 6 times longer while no other member confirms) before it is declared dead")
 	cli.DurationVar(flags, &o.gossipReclaimTime, "gossip-reclaim-time", membership.DefaultDeadNodeReclaimTime, "how long after a member failed another process may take its node ID at a new gossip address")
-	flags.Usage = func() {
-		if !cli.HelpRequested(args) {
-			return
-		}
-		flags.SetOutput(help)
-		fmt.Fprintf(help, "Usage: throttle-central --node-id ID --data-dir DIR [--bootstrap | --join ADDR,...] [flags]\n\n")
-		fmt.Fprintf(help, "Every flag can also be set as THROTTLE_<FLAG> in the environment, for example THROTTLE_NODE_ID, or in the file that --config names.\n\nFlags:\n")
-		flags.PrintDefaults()
-	}
-	if err := flags.Parse(args); err != nil {
+	command := cli.Command{Usage: "Usage: throttle-central --node-id ID --data-dir DIR [--bootstrap | --join ADDR,...] [flags]", EnvPrefix: "THROTTLE_", EnvExample: "THROTTLE_NODE_ID"}
+	if err := cli.Parse(flags, args, command, help, os.LookupEnv); err != nil {
 		return o, err
-	}
-	if err := cli.ApplySettings(flags, "THROTTLE_", os.LookupEnv); err != nil {
-		return o, err
-	}
-	if flags.NArg() > 0 {
-		return o, fmt.Errorf("unexpected argument %q; flags start with --", flags.Arg(0))
 	}
 	switch {
 	case o.nodeID == "":

@@ -117,6 +117,45 @@ func DurationVar(flags *flag.FlagSet, p *time.Duration, name string, value time.
 	flags.Var(duration{p}, name, usage)
 }
 
+// Command describes a command for Parse.
+type Command struct {
+	// Usage is the first line of the help, such as
+	// "Usage: throttle-agent --centrals URL,... [flags]".
+	Usage string
+	// EnvPrefix is the prefix of the environment variables, such as
+	// "THROTTLE_AGENT_", and EnvExample one of them, for the help.
+	EnvPrefix, EnvExample string
+}
+
+// Parse defines the --config flag, parses args into flags and fills the
+// flags the command line left unset from the environment and the config
+// file (see ApplySettings). The help goes to help, only when args request
+// it. Errors are returned, not printed, so the caller prints each once.
+// Positional arguments are an error.
+func Parse(flags *flag.FlagSet, args []string, cmd Command, help io.Writer, lookup func(string) (string, bool)) error {
+	flags.SetOutput(io.Discard)
+	flags.String(ConfigFlag, "", "file of settings, one `name = value` a line with the flag names without dashes; the command line wins over the environment, and the environment over the file")
+	flags.Usage = func() {
+		if !HelpRequested(args) {
+			return
+		}
+		flags.SetOutput(help)
+		fmt.Fprintf(help, "%s\n\n", cmd.Usage)
+		fmt.Fprintf(help, "Every flag can also be set as %s<FLAG> in the environment, for example %s, or in the file that --config names.\n\nFlags:\n", cmd.EnvPrefix, cmd.EnvExample)
+		flags.PrintDefaults()
+	}
+	if err := flags.Parse(args); err != nil {
+		return err
+	}
+	if err := ApplySettings(flags, cmd.EnvPrefix, lookup); err != nil {
+		return err
+	}
+	if flags.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q; flags start with --", flags.Arg(0))
+	}
+	return nil
+}
+
 // HelpRequested reports whether args ask for the help (-h, -help, --h or
 // --help before a "--"). A command prints its full help then, and only a
 // short hint after an invalid flag, so the error is not lost above pages

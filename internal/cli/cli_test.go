@@ -211,3 +211,30 @@ func TestApplySettingsReadsConfigFromEnvironment(t *testing.T) {
 		t.Errorf("node-id %q (want from-file), log-level %q (want the environment's warn)", *nodeID, *level)
 	}
 }
+
+func TestParseHelpAndArguments(t *testing.T) {
+	command := Command{Usage: "Usage: tool [flags]", EnvPrefix: "T_", EnvExample: "T_NAME"}
+	noEnvironment := func(string) (string, bool) { return "", false }
+
+	var help bytes.Buffer
+	flags := flag.NewFlagSet("tool", flag.ContinueOnError)
+	flags.String("name", "", "")
+	err := Parse(flags, []string{"--help"}, command, &help, noEnvironment)
+	if err != flag.ErrHelp {
+		t.Errorf("--help: error %v, want flag.ErrHelp", err)
+	}
+	if !strings.Contains(help.String(), "Usage: tool [flags]") || !strings.Contains(help.String(), "T_NAME") {
+		t.Errorf("help %q lacks the usage line or the environment example", help.String())
+	}
+
+	help.Reset()
+	flags = flag.NewFlagSet("tool", flag.ContinueOnError)
+	flags.String("name", "", "")
+	err = Parse(flags, []string{"--name", "x", "extra"}, command, &help, noEnvironment)
+	if err == nil || !strings.Contains(err.Error(), `unexpected argument "extra"`) {
+		t.Errorf("positional argument: error %v, want one naming it", err)
+	}
+	if help.Len() != 0 {
+		t.Errorf("help written without a request: %q", help.String())
+	}
+}
