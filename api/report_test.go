@@ -1,15 +1,14 @@
 package api
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/throttlecentral/throttle-central/internal/testutil"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -206,26 +205,7 @@ func wantNoReports(t *testing.T, reporter *fakeReporter) {
 // readFixtureReports returns the lines of fixtureReports and skips the
 // test when the file is absent.
 func readFixtureReports(t *testing.T) [][]byte {
-	t.Helper()
-	file, err := os.Open(fixtureReports)
-	if errors.Is(err, os.ErrNotExist) {
-		t.Skipf("fixture %s not found, skipping the replay of recorded reports", fixtureReports)
-	}
-	if err != nil {
-		t.Fatalf("opening %s: %v", fixtureReports, err)
-	}
-	defer file.Close()
-	var lines [][]byte
-	scanner := bufio.NewScanner(file)
-	for scanner.Scan() {
-		if line := bytes.TrimSpace(scanner.Bytes()); len(line) > 0 {
-			lines = append(lines, bytes.Clone(line))
-		}
-	}
-	if err := scanner.Err(); err != nil {
-		t.Fatalf("reading %s: %v", fixtureReports, err)
-	}
-	return lines
+	return testutil.ReadLines(t, fixtureReports)
 }
 
 // reportWithCount returns a report whose only count is

@@ -1,7 +1,6 @@
 package central
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -12,8 +11,8 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
+	"github.com/throttlecentral/throttle-central/internal/testutil"
 	"io"
 	"math"
 	"math/big"
@@ -196,24 +195,7 @@ func (s *secureNode) counterValue(t *testing.T, name string, labels map[string]s
 // clock; every other byte stays as recorded.
 func readLuaReports(t *testing.T) [][]byte {
 	t.Helper()
-	file, err := os.Open(luaReports)
-	if errors.Is(err, os.ErrNotExist) {
-		t.Skipf("fixture %s not found, skipping the replay of recorded reports", luaReports)
-	}
-	if err != nil {
-		t.Fatalf("opening %s: %v", luaReports, err)
-	}
-	defer file.Close()
-	var lines [][]byte
-	scanner := bufio.NewScanner(file)
-	for scanner.Scan() {
-		if line := bytes.TrimSpace(scanner.Bytes()); len(line) > 0 {
-			lines = append(lines, bytes.Clone(line))
-		}
-	}
-	if err := scanner.Err(); err != nil {
-		t.Fatalf("reading %s: %v", luaReports, err)
-	}
+	lines := testutil.ReadLines(t, luaReports)
 	return moveSlotsToPresent(t, lines, time.Now().Unix())
 }
 

@@ -2,8 +2,12 @@
 package testutil
 
 import (
+	"bufio"
+	"bytes"
+	"errors"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -40,4 +44,30 @@ func PollUntil(t testing.TB, timeout time.Duration, what string, cond func() str
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("timed out after %v waiting for %s: %s", timeout, what, reason)
+}
+
+// ReadLines returns the non-empty lines of the file at path, trimmed, and
+// skips the test when the file does not exist. The recorded client
+// traffic that some tests replay lives outside the repository.
+func ReadLines(t testing.TB, path string) [][]byte {
+	t.Helper()
+	file, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		t.Skipf("fixture %s not found, skipping the replay of recorded traffic", path)
+	}
+	if err != nil {
+		t.Fatalf("opening %s: %v", path, err)
+	}
+	defer file.Close()
+	var lines [][]byte
+	scanner := bufio.NewScanner(file)
+	for scanner.Scan() {
+		if line := bytes.TrimSpace(scanner.Bytes()); len(line) > 0 {
+			lines = append(lines, bytes.Clone(line))
+		}
+	}
+	if err := scanner.Err(); err != nil {
+		t.Fatalf("reading %s: %v", path, err)
+	}
+	return lines
 }
