@@ -632,7 +632,7 @@ func TestWebSocketReplyTrimmedToOneFrame(t *testing.T) {
 }
 
 func TestWebSocketReplyEncodedAheadTrimmed(t *testing.T) {
-	// The leader answers from quotas encoded ahead; a reply too large for a
+	// The leader replies from quotas encoded ahead. A reply too large for a
 	// frame is decoded and trimmed the same way.
 	all := manyUserQuotas(5000)
 	reporter := &fakeReporter{answer: func(r *protocol.Report) (ReportReply, error) {

@@ -195,7 +195,7 @@ func TestGossipLeftEdgeGetsNoQuota(t *testing.T) {
 		t.Fatalf("closing the edge member: %v", err)
 	}
 	// The slot loop assigns two slots ahead, so a quota assigned before the
-	// leave may still arrive; after that edge-1 gets nothing while it keeps
+	// leave may still arrive. After that edge-1 gets nothing while it keeps
 	// reporting, and edge-2 keeps its quota.
 	dropped := false
 	for range 8 {

@@ -14,12 +14,12 @@ import (
 // slot being reported for, and the next one, already assigned.
 const encodedSlots = 2
 
-// replyCache holds each node's quotas of the newest assigned slots, encoded
-// per service right after the assignment. The reports that fetch them
-// arrive about half a second later, all within the same few milliseconds,
-// so encoding ahead takes that work out of the burst, and building a reply
-// becomes mostly a copy. A node or slot that is not in the cache is
-// answered from the engine as before.
+// replyCache contains each node's quotas of the newest assigned slots,
+// encoded per service right after the assignment. The reports that fetch
+// them arrive about half a second later, nearly all at once, so encoding
+// ahead takes that work out of the burst, and building a reply becomes
+// mostly a copy. For a node or slot that is not in the cache, the reply is
+// built from the engine's quotas.
 type replyCache struct {
 	mu    sync.RWMutex
 	slots map[int64]*encodedSlot

@@ -192,7 +192,7 @@ func (s *secureNode) counterValue(t *testing.T, name string, labels map[string]s
 // the file is absent.
 // The recorded slot numbers are moved to the present, keeping their
 // spacing, because the leader rejects a report more than a day off its
-// clock; every other byte stays as recorded.
+// clock. Every other byte stays as recorded.
 func readLuaReports(t *testing.T) [][]byte {
 	t.Helper()
 	lines := testutil.ReadLines(t, luaReports)

@@ -279,7 +279,7 @@ func (c *cluster) clusterView(node *central) (clusterView, error) {
 }
 
 // leader returns the leader ID that a running central reports, or "" when
-// none responds or none knows a leader.
+// no central responds or none reports a leader.
 func (c *cluster) leader() string {
 	for _, node := range c.centrals {
 		if !node.proc.running() {

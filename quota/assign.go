@@ -82,10 +82,10 @@ func (e *Engine) Assign(slot int64, live Liveness) (AssignResult, error) {
 		liveIDs = append(liveIDs, n.id)
 	}
 	liveCount := len(liveIDs)
-	// An assignment that finds no live node, as the first one of a new
-	// leader does before any report reached it, keeps the previous count,
-	// so the safe shares sent meanwhile stay the limit divided among the
-	// nodes last known live instead of the whole limit.
+	// An assignment that finds no live node keeps the previous count. The
+	// first assignment of a new leader runs before any report reached it,
+	// and the safe shares sent meanwhile must stay the limit divided among
+	// the nodes last known live, not the whole limit.
 	if liveCount > 0 {
 		e.liveNodes.Store(int64(liveCount))
 	}

@@ -366,7 +366,7 @@ func runTwoNodes(t *testing.T, e *Engine, user string, first, last int64, use fu
 
 func TestReserveStrictCapGrantsRateEverySlot(t *testing.T) {
 	// A burst equal to the rate is a strict per-second cap: the quotas of
-	// every slot add up to the rate, also for a resource nobody consumes.
+	// every slot add up to the rate, also for a resource no node consumes.
 	e := newTestEngine(t, ModeReserve)
 	mustSetLimits(t, e, "front", "v", map[string]Limit{"traffic_up": {Rate: 1000, Burst: 1000}, "database_read": {Rate: 200, Burst: 200}}, 100)
 	totals := runTwoNodes(t, e, "v", 101, 120, func(slot int64, resource string, quota float64) float64 {
@@ -386,9 +386,9 @@ func TestReserveStrictCapGrantsRateEverySlot(t *testing.T) {
 }
 
 func TestReserveInFlightGrantsBoundedByBucket(t *testing.T) {
-	// A resource left unused fills its bucket; when every node then uses
+	// A resource left unused fills its bucket. When every node then uses
 	// all of its quota, three slots in a row admit at most what a token
-	// bucket full at the start of the first allows: the capacity plus two
+	// bucket full at the start of the first admits: the capacity plus two
 	// refills.
 	e := newTestEngine(t, ModeReserve)
 	mustSetLimits(t, e, "front", "v", map[string]Limit{"traffic_up": {Rate: 1000}, "database_read": {Rate: 200, Burst: 400}}, 100)

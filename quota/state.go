@@ -234,12 +234,12 @@ const inFlightRefills = 2
 // the capacity plus the refill of the slots in flight, the debt within one
 // capacity, and the credit within the level.
 //
-// The bound is a token bucket's across the slots that hold grants: the
+// The bound is a token bucket's across the slots that hold grants. The
 // assignment in slot S grants slot S+2 while the grants of S and S+1 are
-// out, and a bucket full at the start of S admits at most its capacity
-// plus two refills over S, S+1 and S+2. A bound of the capacity alone
-// would let a bucket whose burst is below three slots of rate grant its
-// full rate only every second or third slot.
+// out. A bucket full at the start of S admits at most its capacity plus
+// two refills over S, S+1 and S+2. A bound of the capacity alone made a
+// bucket whose burst is below three slots of rate grant its full rate only
+// every third slot (TestReserveStrictCapGrantsRateEverySlot).
 func (r *resourceState) clamp() {
 	capacity := r.limit.Capacity()
 	r.level = math.Min(r.level, capacity)

@@ -1,10 +1,11 @@
-// Command throttle-demo runs the end-to-end demonstration of make demo:
-// three centrals and four throttle-agent edge nodes on 127.0.0.1, a limit
-// of 100 MB/s for user alice, skewed demand at three times the limit that
-// moves between the agents, one agent and later the leader killed with
-// SIGKILL, and one line per second of the admitted amount against the
-// limit. The last line is RESULT mean=<x> p5=<x> p95=<x> max=<x>: the
-// per-second admitted amount over the limit, after the warm-up.
+// Command throttle-demo runs the end-to-end demonstration of make demo. It
+// starts three centrals and four throttle-agent edge nodes on 127.0.0.1
+// and sets a limit of 100 MB/s for user alice. Skewed demand at three times
+// the limit moves between the agents, and one agent and later the leader
+// are killed with SIGKILL. It prints one line per second of the admitted
+// amount against the limit. The last line is RESULT mean=<x> p5=<x>
+// p95=<x> max=<x>: the per-second admitted amount over the limit, after
+// the warm-up.
 package main
 
 import (

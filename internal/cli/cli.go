@@ -60,10 +60,10 @@ func applyEnvironment(flags *flag.FlagSet, prefix string, given map[string]bool,
 // ConfigFlag is the name of the flag that names a config file.
 const ConfigFlag = "config"
 
-// ApplySettings fills the flags that the command line did not set, first
-// from the environment (see ApplyEnvironment) and then, for those still
-// unset, from the config file that the flag ConfigFlag names, when flags
-// has that flag and it is set (see ApplyConfigFile). The command line wins
+// ApplySettings fills the flags that the command line did not set. The
+// environment comes first (see ApplyEnvironment). The flags still unset
+// then come from the config file named by the flag ConfigFlag, when flags
+// has it and it is set (see ApplyConfigFile). So the command line wins
 // over the environment, and the environment over the file.
 func ApplySettings(flags *flag.FlagSet, prefix string, lookup func(string) (string, bool)) error {
 	given := Given(flags)
@@ -85,7 +85,7 @@ func secret(flagName string) bool {
 	return strings.HasSuffix(flagName, "key") || strings.HasSuffix(flagName, "token")
 }
 
-// duration is a flag.Value for a time.Duration whose error says how to
+// duration is a flag.Value for a time.Duration whose error shows how to
 // write one.
 type duration struct{ d *time.Duration }
 

@@ -31,8 +31,8 @@ func Request(t testing.TB, method, url, body string) (int, string) {
 	return resp.StatusCode, string(data)
 }
 
-// PollUntil calls cond every 20 ms until it returns "" and fails the test
-// when timeout passes first; cond returns why it is not done yet.
+// PollUntil calls cond every 20 ms until it returns "", and fails the test
+// when timeout passes first. cond returns why it is not done yet.
 func PollUntil(t testing.TB, timeout time.Duration, what string, cond func() string) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
