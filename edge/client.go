@@ -381,6 +381,10 @@ func (c *Client) sendFinalReport(ctx context.Context) error {
 	now := c.clock()
 	wait := c.untilReportTime(now)
 	slot := now.Add(wait).Unix()
+	// Before the report time of the current second, the report of this
+	// second carries the previous second's counts, and the counts so far of
+	// this one go with them rather than be lost.
+	withCurrent := slot == now.Unix()
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {
@@ -391,7 +395,7 @@ func (c *Client) sendFinalReport(ctx context.Context) error {
 		return fmt.Errorf("edge: final report of the counts of slot %d not sent: %w", slot-1, ctx.Err())
 	case <-timer.C:
 	}
-	if err := c.report(slot); err != nil {
+	if err := c.sendReport(slot, withCurrent); err != nil {
 		return fmt.Errorf("edge: final report of the counts of slot %d: %w", slot-1, err)
 	}
 	return nil

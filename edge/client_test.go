@@ -852,7 +852,10 @@ func TestClientCloseBeforeReportTime(t *testing.T) {
 	// Close early in a second, before the loop sent that second's report:
 	// the final report is that second's, not the next one's.
 	central := newFakeCentral(t, nil)
-	client := newTestClient(t, at(testSlot, 20), []string{central.url()}, nil)
+	client := newTestClient(t, at(testSlot-1, 500), []string{central.url()}, nil)
+	client.Consume(testService, "alice", map[string]float64{"traffic_up": 5})
+	client.clock.set(at(testSlot, 20))
+	client.Consume(testService, "alice", map[string]float64{"traffic_up": 7})
 
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
@@ -866,6 +869,10 @@ func TestClientCloseBeforeReportTime(t *testing.T) {
 	}
 	if got := received[0].report.Slot; got != testSlot {
 		t.Errorf("final report slot_number = %d, want %d", got, testSlot)
+	}
+	// The counts of the second before and of the second in progress.
+	if got := consumptionOf(received[0].report, "alice", "traffic_up"); got != 12 {
+		t.Errorf("final report consumption of alice = %v, want 5 + 7", got)
 	}
 }
 

@@ -171,6 +171,14 @@ var errAlreadyReported = errors.New("the report of this slot was taken before")
 // report would be billed twice, against the lost slot's grant and the
 // later one.
 func (c *Client) report(slot int64) error {
+	return c.sendReport(slot, false)
+}
+
+// sendReport is report. With withCurrent, the counts of slot itself, the
+// second in progress, are added to the report too: the final report sent
+// before the report time of the current second has no later report to
+// carry them.
+func (c *Client) sendReport(slot int64, withCurrent bool) error {
 	r := &c.reporter
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -189,6 +197,11 @@ func (c *Client) report(slot int64) error {
 			slog.Int("dropped_users", countUsers(skipped)))
 	}
 	report := c.throttler.TakeReport(c.nodeID, slot)
+	if withCurrent {
+		current := c.throttler.TakeReport(c.nodeID, slot+1)
+		addCounts(report.Consumption, current.Consumption)
+		addCounts(report.Rejection, current.Rejection)
+	}
 	r.lastSlot = slot
 	report.Version = reportVersion
 	c.removeInvalidEntries(&report)
@@ -602,4 +615,19 @@ func countUsers(report protocol.Report) int {
 		}
 	}
 	return users
+}
+
+// addCounts adds every amount of from to into, creating the service maps
+// that into lacks.
+func addCounts(into, from protocol.Counts) {
+	for service, users := range from {
+		if _, ok := into[service]; !ok {
+			into[service] = map[string]map[string]float64{}
+		}
+		for user, resources := range users {
+			for resource, amount := range resources {
+				into.Add(service, user, resource, amount)
+			}
+		}
+	}
 }

@@ -134,7 +134,7 @@ type Command struct {
 // Positional arguments are an error.
 func Parse(flags *flag.FlagSet, args []string, cmd Command, help io.Writer, lookup func(string) (string, bool)) error {
 	flags.SetOutput(io.Discard)
-	flags.String(ConfigFlag, "", "file of settings, one `name = value` a line with the flag names without dashes; the command line wins over the environment, and the environment over the file")
+	flags.String(ConfigFlag, "", "file of settings, one \"name = value\" a line with the flag names without dashes; the command line wins over the environment, and the environment over the file")
 	flags.Usage = func() {
 		if !HelpRequested(args) {
 			return
