@@ -381,10 +381,6 @@ func (c *Client) sendFinalReport(ctx context.Context) error {
 	now := c.clock()
 	wait := c.untilReportTime(now)
 	slot := now.Add(wait).Unix()
-	// Before the report time of the current second, the report of this
-	// second carries the previous second's counts, and the counts so far of
-	// this one go with them rather than be lost.
-	withCurrent := slot == now.Unix()
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {
@@ -395,7 +391,15 @@ func (c *Client) sendFinalReport(ctx context.Context) error {
 		return fmt.Errorf("edge: final report of the counts of slot %d not sent: %w", slot-1, ctx.Err())
 	case <-timer.C:
 	}
-	if err := c.sendReport(slot, withCurrent); err != nil {
+	// A timer that fired too late for slot's report window (a starved
+	// process) moves the report to a second whose window is still open.
+	if fired := c.clock(); fired.Sub(time.Unix(slot, 0)) > sendWindow {
+		slot = fired.Unix()
+		if fired.Sub(time.Unix(slot, 0)) > sendWindow {
+			slot++
+		}
+	}
+	if err := c.sendReport(slot, true); err != nil {
 		return fmt.Errorf("edge: final report of the counts of slot %d: %w", slot-1, err)
 	}
 	return nil

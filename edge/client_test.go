@@ -876,6 +876,63 @@ func TestClientCloseBeforeReportTime(t *testing.T) {
 	}
 }
 
+func TestClientCloseGathersUnreportedSeconds(t *testing.T) {
+	central := newFakeCentral(t, nil)
+	client := newTestClient(t, at(testSlot-2, 500), []string{central.url()}, nil)
+	client.Consume(testService, "alice", map[string]float64{"traffic_up": 5})
+	client.clock.set(at(testSlot, 980))
+	client.Consume(testService, "alice", map[string]float64{"traffic_up": 7})
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := client.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+
+	received := central.received()
+	if len(received) != 1 {
+		t.Fatalf("central received %d reports, want the final one", len(received))
+	}
+	if got := consumptionOf(received[0].report, "alice", "traffic_up"); got != 12 {
+		t.Errorf("final report consumption of alice = %v, want 5 + 7 from two unreported seconds", got)
+	}
+}
+
+func TestClientCloseTimerFiredLate(t *testing.T) {
+	// The first clock reading is before the report time; every later one is
+	// past the report window of the next second, as when the process was
+	// starved while it waited.
+	central := newFakeCentral(t, nil)
+	var readings atomic.Int64
+	client := newTestClient(t, at(testSlot, 980), []string{central.url()}, func(o *ClientOptions) {
+		o.Clock = func() time.Time {
+			if readings.Add(1) == 1 {
+				return at(testSlot, 980)
+			}
+			return at(testSlot+1, 700)
+		}
+	})
+	client.Consume(testService, "alice", map[string]float64{"traffic_up": 7})
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	readings.Store(0)
+	if err := client.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+
+	received := central.received()
+	if len(received) != 1 {
+		t.Fatalf("central received %d reports, want the final one", len(received))
+	}
+	if got := received[0].report.Slot; got != testSlot+2 {
+		t.Errorf("final report slot_number = %d, want %d, the next second whose window is open", got, testSlot+2)
+	}
+	if got := consumptionOf(received[0].report, "alice", "traffic_up"); got != 7 {
+		t.Errorf("final report consumption of alice = %v, want 7", got)
+	}
+}
+
 func TestClientCloseReportsGossipError(t *testing.T) {
 	central := newFakeCentral(t, nil)
 	gossip := &fakeGossip{leaveErr: errors.New("no members reachable")}

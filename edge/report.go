@@ -174,11 +174,13 @@ func (c *Client) report(slot int64) error {
 	return c.sendReport(slot, false)
 }
 
-// sendReport is report. With withCurrent, the counts of slot itself, the
-// second in progress, are added to the report too: the final report sent
-// before the report time of the current second has no later report to
-// carry them.
-func (c *Client) sendReport(slot int64, withCurrent bool) error {
+// maxFinalSlots bounds how many seconds of counts a final report gathers.
+const maxFinalSlots = 10
+
+// sendReport is report. With final, the report carries every count not
+// reported yet, up to the second in progress, because no later report
+// will: the final report of Close.
+func (c *Client) sendReport(slot int64, final bool) error {
 	r := &c.reporter
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -186,7 +188,7 @@ func (c *Client) sendReport(slot int64, withCurrent bool) error {
 		return errAlreadyReported
 	}
 
-	if r.lastSlot != 0 && slot-1 > r.lastSlot {
+	if !final && r.lastSlot != 0 && slot-1 > r.lastSlot {
 		// The loop missed at least one second. The counts of slot-2 are
 		// still held, but a report for an earlier slot would be mapped onto
 		// the current one by the central, so they are dropped.
@@ -196,11 +198,11 @@ func (c *Client) sendReport(slot int64, withCurrent bool) error {
 			slog.Int64("last_report_slot", r.lastSlot), slog.Int64("report_slot", slot),
 			slog.Int("dropped_users", countUsers(skipped)))
 	}
-	report := c.throttler.TakeReport(c.nodeID, slot)
-	if withCurrent {
-		current := c.throttler.TakeReport(c.nodeID, slot+1)
-		addCounts(report.Consumption, current.Consumption)
-		addCounts(report.Rejection, current.Rejection)
+	var report protocol.Report
+	if final {
+		report = c.takeUnreported(slot, r.lastSlot)
+	} else {
+		report = c.throttler.TakeReport(c.nodeID, slot)
 	}
 	r.lastSlot = slot
 	report.Version = reportVersion
@@ -615,6 +617,22 @@ func countUsers(report protocol.Report) int {
 		}
 	}
 	return users
+}
+
+// takeUnreported returns a report of slot with the counts of every second
+// from the last reported one, lastSlot, through slot itself, at most
+// maxFinalSlots of them (all of those when no report was sent). The caller
+// holds the reporter's lock.
+func (c *Client) takeUnreported(slot, lastSlot int64) protocol.Report {
+	first := max(lastSlot, slot-maxFinalSlots)
+	report := c.throttler.TakeReport(c.nodeID, first+1)
+	report.Slot = slot
+	for next := first + 2; next <= slot+1; next++ {
+		counts := c.throttler.TakeReport(c.nodeID, next)
+		addCounts(report.Consumption, counts.Consumption)
+		addCounts(report.Rejection, counts.Rejection)
+	}
+	return report
 }
 
 // addCounts adds every amount of from to into, creating the service maps
