@@ -16,6 +16,8 @@ type metrics struct {
 	limitWrites   *prometheus.CounterVec
 	reports       *prometheus.CounterVec
 	reportSeconds *prometheus.HistogramVec
+	// reportWait is the time a report waited for a report worker.
+	reportWait    prometheus.Histogram
 	connections   prometheus.Gauge
 	replyOverflow prometheus.Counter
 	// rejectedInput counts requests and WebSocket frames rejected for
@@ -56,6 +58,11 @@ func newMetrics(reg *prometheus.Registry, cluster Cluster) (*metrics, error) {
 		Help:    "Time to answer one report, forwarding included, by transport, in seconds. The Lua client gives up after 0.2 s.",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .2, .5, 1},
 	}, []string{"transport"})
+	m.reportWait = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "throttle_report_wait_seconds",
+		Help:    "Time a report waited on the leader for a free report worker before it was decoded, in seconds; part of throttle_report_duration_seconds.",
+		Buckets: []float64{.0001, .0005, .001, .0025, .005, .01, .025, .05, .1, .2, .5, 1},
+	})
 	m.connections = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "throttle_websocket_connections",
 		Help: "Open report WebSockets.",
@@ -91,7 +98,7 @@ func newMetrics(reg *prometheus.Registry, cluster Cluster) (*metrics, error) {
 		}
 		return float64(stats.Term)
 	})
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.forwarded, m.limitWrites, m.reports, m.reportSeconds, m.connections, m.replyOverflow, m.rejectedInput, leader, term,
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.forwarded, m.limitWrites, m.reports, m.reportSeconds, m.reportWait, m.connections, m.replyOverflow, m.rejectedInput, leader, term,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -171,6 +172,8 @@ func (s *Server) report(c echo.Context) error {
 		s.metrics.reports.WithLabelValues("http", "forwarded").Inc()
 		return s.forward(c, body)
 	}
+	release := s.acquireWorker()
+	defer release()
 	r, err := DecodeReport(body)
 	if err != nil {
 		s.metrics.reports.WithLabelValues("http", "invalid").Inc()
@@ -184,6 +187,7 @@ func (s *Server) report(c echo.Context) error {
 			s.metrics.reports.WithLabelValues("http", "starting").Inc()
 			return newError(http.StatusServiceUnavailable, CodeUnavailable, errEngineStarting)
 		}
+		release() // forwarding waits on the network, not on a core
 		s.metrics.reports.WithLabelValues("http", "forwarded").Inc()
 		return s.forward(c, body)
 	}
@@ -200,6 +204,17 @@ func (s *Server) report(c echo.Context) error {
 		return c.JSONBlob(http.StatusOK, s.fitFrame(r, reply))
 	}
 	return c.JSONBlob(http.StatusOK, EncodeReply(r, reply, s.cfg.NodeID))
+}
+
+// acquireWorker waits for a free report worker and returns the function
+// that frees it, which may be called more than once. Waiting reports are
+// served in arrival order.
+func (s *Server) acquireWorker() (release func()) {
+	start := time.Now()
+	s.workers <- struct{}{}
+	s.metrics.reportWait.Observe(time.Since(start).Seconds())
+	var once sync.Once
+	return func() { once.Do(func() { <-s.workers }) }
 }
 
 func outcomeOf(err error) string {

@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"runtime"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -106,6 +107,10 @@ type Config struct {
 	// Now returns the current time; nil means time.Now. The leader stamps
 	// it into commands.
 	Now func() time.Time
+	// ReportWorkers is how many reports the leader decodes and applies at
+	// once; 0 means GOMAXPROCS. The others wait their turn in arrival
+	// order, so a burst of reports cannot starve Raft's heartbeats.
+	ReportWorkers int
 }
 
 // Server is the HTTP API of one central.
@@ -121,6 +126,8 @@ type Server struct {
 	metrics *metrics
 	auth    *authenticator
 	now     func() time.Time
+	// workers holds a token for each report being decoded and applied.
+	workers chan struct{}
 }
 
 // New builds the API. Call Serve to start it.
@@ -143,10 +150,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Ready == nil {
 		cfg.Ready = func() (bool, string) { return true, "" }
 	}
+	if cfg.ReportWorkers <= 0 {
+		cfg.ReportWorkers = runtime.GOMAXPROCS(0)
+	}
 	s := &Server{
-		cfg: cfg,
-		log: cfg.Logger.With(slog.String("component", "api")),
-		now: cfg.Now,
+		cfg:     cfg,
+		log:     cfg.Logger.With(slog.String("component", "api")),
+		now:     cfg.Now,
+		workers: make(chan struct{}, cfg.ReportWorkers),
 	}
 	// Requests to the leader carry the client's Authorization header, or
 	// this central's peer token when they have none.

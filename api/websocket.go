@@ -216,6 +216,8 @@ func (s *Server) handleFrame(ctx context.Context, data []byte) (reply []byte, cl
 	if s.cfg.Reports == nil || !s.cfg.Cluster.IsLeader() {
 		return s.forwardFrame(ctx, data)
 	}
+	release := s.acquireWorker()
+	defer release()
 	r, err := DecodeReport(data)
 	if err != nil {
 		s.metrics.reports.WithLabelValues("websocket", "invalid").Inc()
@@ -237,6 +239,7 @@ func (s *Server) handleFrame(ctx context.Context, data []byte) (reply []byte, cl
 			return nil, errEngineStarting
 		}
 	}
+	release() // forwarding waits on the network, not on a core
 	return s.forwardFrame(ctx, data)
 }
 

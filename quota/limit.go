@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"unicode/utf8"
 )
 
 // DefaultBurstFactor is the bucket capacity, in seconds of rate, of a limit
@@ -105,8 +106,21 @@ func validName(name string) bool {
 	if name == "" || len(name) > MaxNameLength || name[0] == ' ' || name[len(name)-1] == ' ' {
 		return false
 	}
+	ascii := true
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c == '/' || c < 0x20 || c == 0x7f {
+			return false
+		}
+		ascii = ascii && c < utf8.RuneSelf
+	}
+	if ascii {
+		// Every ASCII space but ' ' is a control character, rejected above,
+		// and ' ' cannot stand at either end.
+		return true
+	}
 	for _, r := range name {
-		if r == '/' || r < 0x20 || r == 0x7f || r == '\uFFFD' {
+		if r == '\uFFFD' {
 			return false
 		}
 	}
