@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -48,7 +50,7 @@ func applyEnvironment(flags *flag.FlagSet, prefix string, given map[string]bool,
 			if secret(f.Name) {
 				errs = append(errs, fmt.Errorf("environment variable %s is invalid", name))
 			} else {
-				errs = append(errs, fmt.Errorf("environment variable %s=%q is invalid: %v", name, value, err))
+				errs = append(errs, fmt.Errorf("environment variable %s=%q is invalid: %s", name, value, explainValueError(f, err)))
 			}
 			return
 		}
@@ -145,7 +147,7 @@ func Parse(flags *flag.FlagSet, args []string, cmd Command, help io.Writer, look
 		flags.PrintDefaults()
 	}
 	if err := flags.Parse(args); err != nil {
-		return err
+		return explainParseError(flags, err)
 	}
 	if err := ApplySettings(flags, cmd.EnvPrefix, lookup); err != nil {
 		return err
@@ -154,6 +156,60 @@ func Parse(flags *flag.FlagSet, args []string, cmd Command, help io.Writer, look
 		return fmt.Errorf("unexpected argument %q; flags start with --", flags.Arg(0))
 	}
 	return nil
+}
+
+// invalidValue matches the flag package's error for a value its own flag
+// types cannot parse.
+var invalidValue = regexp.MustCompile(`^invalid (?:boolean )?value (".*") for (?:flag )?-(\S+): (.*)$`)
+
+// explainParseError rewrites the flag package's "parse error" for an int,
+// uint, float or bool flag into what the value must be, and names the flag
+// with the two dashes the help uses.
+func explainParseError(flags *flag.FlagSet, err error) error {
+	m := invalidValue.FindStringSubmatch(err.Error())
+	if m == nil {
+		return err
+	}
+	f := flags.Lookup(m[2])
+	if f == nil {
+		return err
+	}
+	return fmt.Errorf("invalid value %s for flag --%s: %s", m[1], f.Name, explainValueError(f, errors.New(m[3])))
+}
+
+// explainValueError returns the message of err, a failed Set of flag f,
+// saying what the value must be when err is the flag package's bare "parse
+// error" or "value out of range".
+func explainValueError(f *flag.Flag, err error) string {
+	message := err.Error()
+	if message != "parse error" && message != "value out of range" {
+		return message
+	}
+	getter, ok := f.Value.(flag.Getter)
+	if !ok {
+		return message
+	}
+	outOfRange := message == "value out of range"
+	switch getter.Get().(type) {
+	case bool:
+		return "must be true or false"
+	case int, int64:
+		if outOfRange {
+			return fmt.Sprintf("must be a whole number from %d to %d", math.MinInt64, math.MaxInt64)
+		}
+		return "must be a whole number, such as 10"
+	case uint, uint64:
+		if outOfRange {
+			return fmt.Sprintf("must be a whole number from 0 to %d", uint64(math.MaxUint64))
+		}
+		return "must be a whole number of 0 or more, such as 10"
+	case float64:
+		if outOfRange {
+			return fmt.Sprintf("must be a number of at most %g", math.MaxFloat64)
+		}
+		return "must be a number, such as 2.5 or 1e6"
+	}
+	return message
 }
 
 // HelpRequested reports whether args ask for the help (-h, -help, --h or
@@ -239,7 +295,7 @@ func ApplyConfigFile(flags *flag.FlagSet, path string, given map[string]bool) er
 			if secret(name) {
 				return fmt.Errorf("%s line %d: the value of %s is invalid", path, number, name)
 			}
-			return fmt.Errorf("%s line %d: %s = %q is invalid: %v", path, number, name, value, err)
+			return fmt.Errorf("%s line %d: %s = %q is invalid: %s", path, number, name, value, explainValueError(flags.Lookup(name), err))
 		}
 	}
 	return nil

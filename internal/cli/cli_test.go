@@ -3,7 +3,9 @@ package cli
 import (
 	"bytes"
 	"flag"
+	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -236,5 +238,45 @@ func TestParseHelpAndArguments(t *testing.T) {
 	}
 	if help.Len() != 0 {
 		t.Errorf("help written without a request: %q", help.String())
+	}
+}
+
+func TestInvalidNumbersAndBooleansSayWhatIsExpected(t *testing.T) {
+	command := Command{Usage: "Usage: tool [flags]", EnvPrefix: "T_", EnvExample: "T_NAME"}
+	newFlags := func() *flag.FlagSet {
+		flags := flag.NewFlagSet("tool", flag.ContinueOnError)
+		flags.Int("slots", 60, "")
+		flags.Uint("count", 1, "")
+		flags.Float64("ratio", 1, "")
+		flags.Bool("verbose", false, "")
+		return flags
+	}
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{args: []string{"--slots", "5x"}, want: `invalid value "5x" for flag --slots: must be a whole number, such as 10`},
+		{args: []string{"--slots=99999999999999999999"}, want: `invalid value "99999999999999999999" for flag --slots: must be a whole number from -9223372036854775808 to 9223372036854775807`},
+		{args: []string{"--count=-1"}, want: `invalid value "-1" for flag --count: must be a whole number of 0 or more, such as 10`},
+		{args: []string{"-ratio", "half"}, want: `invalid value "half" for flag --ratio: must be a number, such as 2.5 or 1e6`},
+		{args: []string{"--verbose=maybe"}, want: `invalid value "maybe" for flag --verbose: must be true or false`},
+		{env: map[string]string{"T_SLOTS": "ten"}, want: `environment variable T_SLOTS="ten" is invalid: must be a whole number, such as 10`},
+		{env: map[string]string{"T_VERBOSE": "yes"}, want: `environment variable T_VERBOSE="yes" is invalid: must be true or false`},
+	} {
+		lookup := func(name string) (string, bool) { v, ok := tc.env[name]; return v, ok }
+		err := Parse(newFlags(), tc.args, command, io.Discard, lookup)
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("args %q, environment %v: error %v, want %s", tc.args, tc.env, err, tc.want)
+		}
+	}
+
+	path := filepath.Join(t.TempDir(), "settings")
+	if err := os.WriteFile(path, []byte("ratio = lots\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := Parse(newFlags(), []string{"--config", path}, command, io.Discard, func(string) (string, bool) { return "", false })
+	if want := `line 1: ratio = "lots" is invalid: must be a number, such as 2.5 or 1e6`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("config file: error %v, want one containing %s", err, want)
 	}
 }
