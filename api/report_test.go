@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 
@@ -753,4 +754,55 @@ func TestReportMetricsByOutcome(t *testing.T) {
 		wantReportCount(t, node, "websocket", outcome, 0)
 	}
 	wantReportCount(t, node, "http", "forwarded", 0)
+}
+
+func TestLeaderDecodesAtMostReportWorkersReportsAtOnce(t *testing.T) {
+	const workers, reports = 2, 6
+	var (
+		mu            sync.Mutex
+		running, most int
+		gate          = make(chan struct{})
+	)
+	reporter := &fakeReporter{answer: func(r *protocol.Report) (ReportReply, error) {
+		mu.Lock()
+		running++
+		most = max(most, running)
+		mu.Unlock()
+		<-gate
+		mu.Lock()
+		running--
+		mu.Unlock()
+		return replyWith(r, nil), nil
+	}}
+	node := newReportLeader(t, reporter, nil, func(cfg *Config) { cfg.ReportWorkers = workers })
+
+	codes := make(chan int, reports)
+	for i := range reports {
+		go func() {
+			body := fmt.Sprintf(`{"node_id": "edge-%d", "slot_number": %d, "consumption": {}, "rejection": {}}`, i, testSlot)
+			codes <- node.do(t, http.MethodPost, "/v1/report", body).Code
+		}()
+	}
+	testutil.PollUntil(t, 10*time.Second, "two reports being applied", func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		if running < workers {
+			return fmt.Sprintf("%d running", running)
+		}
+		return ""
+	})
+	for range reports {
+		gate <- struct{}{}
+	}
+	for range reports {
+		if code := <-codes; code != http.StatusOK {
+			t.Errorf("report answered %d, want 200", code)
+		}
+	}
+	if most != workers {
+		t.Errorf("at most %d reports were applied at once, want %d (ReportWorkers)", most, workers)
+	}
+	if got := len(reporter.received()); got != reports {
+		t.Errorf("%d reports reached the reporter, want all %d", got, reports)
+	}
 }
