@@ -764,3 +764,50 @@ func TestAuthWebSocketRelaySendsPeerToken(t *testing.T) {
 		}
 	}
 }
+
+func TestAuthWebSocketMonitorFramesNeedAdminToken(t *testing.T) {
+	const monitorFrame = `{"monitor":"reported","start_slot":1,"end_slot":2}`
+	tests := []struct {
+		name          string
+		query         string
+		authorization string
+		nodeMonitor   bool
+		allowed       bool
+	}{
+		{"node token", "", bearer(nodeToken), false, false},
+		{"SigV4 signature", "?X-Amz-Signature=good", "", false, false},
+		{"admin token", "", bearer(adminToken), false, true},
+		{"node token with NodeMonitor", "", bearer(nodeToken), true, true},
+		{"SigV4 signature with NodeMonitor", "?X-Amz-Signature=good", "", true, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			node := newProtectedLeader(t, func(cfg *Config) {
+				cfg.HandshakeAuth = goodSignature
+				cfg.NodeMonitor = tt.nodeMonitor
+			})
+			server := serveNode(t, node)
+			status, conn := dialStatus(t, socketURL(server)+tt.query, tt.authorization)
+			if status != http.StatusSwitchingProtocols {
+				t.Fatalf("handshake status is %d, want 101", status)
+			}
+
+			reply := exchangeFrame(t, conn, monitorFrame)
+
+			var answer struct {
+				Error *struct{ Code, Message string } `json:"error"`
+			}
+			if err := json.Unmarshal(reply, &answer); err != nil {
+				t.Fatalf("reply %s is not JSON: %v", reply, err)
+			}
+			switch {
+			case tt.allowed && answer.Error != nil:
+				t.Errorf("monitor frame answered with error %+v, want monitor data", *answer.Error)
+			case !tt.allowed && (answer.Error == nil || answer.Error.Code != CodeForbidden || !strings.Contains(answer.Error.Message, "--node-monitor")):
+				t.Errorf("monitor frame answered %s, want a %s error that names --node-monitor", reply, CodeForbidden)
+			}
+			// The socket stays open for reports either way.
+			decodeLuaReply(t, exchangeFrame(t, conn, reportFrame("edge-1", testSlot)), "front")
+		})
+	}
+}

@@ -51,7 +51,7 @@ func newMetrics(reg *prometheus.Registry, cluster Cluster) (*metrics, error) {
 	}
 	m.reports = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "throttle_reports_total",
-		Help: "Reports received, by transport (http, websocket) and outcome (ok, duplicate, forwarded, invalid, too_large, error).",
+		Help: "Reports received, by transport (http, websocket) and outcome (ok, duplicate, forwarded, invalid, too_large, starting, error; on WebSockets also unauthorized, forbidden, no_leader).",
 	}, []string{"transport", "outcome"})
 	m.reportSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "throttle_report_duration_seconds",

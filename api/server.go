@@ -90,6 +90,11 @@ type Config struct {
 	// PeerTLS, when set, makes forwarding to the leader use https with
 	// this client configuration; the centrals then serve TLS too.
 	PeerTLS *tls.Config
+	// NodeMonitor lets a report WebSocket opened with a node token or a
+	// SigV4 signature send monitor frames. They read what GET /v1/monitor
+	// gives only to read tokens, so with Tokens set such frames need an
+	// admin token unless NodeMonitor is set.
+	NodeMonitor bool
 	// Profiling serves Go's runtime profiles under /debug/pprof/. They
 	// expose internals, so it is off by default.
 	Profiling bool

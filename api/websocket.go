@@ -91,6 +91,7 @@ func (s *Server) throttle(c echo.Context) error {
 	defer cancel()
 	stop := context.AfterFunc(s.closing, cancel)
 	defer stop()
+	mayMonitor := s.socketMayMonitor(req)
 	// nodeID is the node this socket counts for, set by its first report
 	// frame.
 	nodeID := ""
@@ -128,7 +129,7 @@ func (s *Server) throttle(c echo.Context) error {
 			}
 			nodeID = id
 		}
-		reply, closeReason := s.handleFrame(ctx, data)
+		reply, closeReason := s.handleFrame(ctx, data, mayMonitor)
 		if closeReason != "" {
 			conn.Close(websocket.StatusTryAgainLater, closeReason)
 			return nil
@@ -141,6 +142,21 @@ func (s *Server) throttle(c echo.Context) error {
 			return nil
 		}
 	}
+}
+
+// errNodeMonitor is the error of a monitor frame on a socket opened with a
+// node credential.
+const errNodeMonitor = "monitor frames need a socket opened with an admin token; this one was opened with a node token or a SigV4 signature (start the central with --node-monitor to allow them, or use GET /v1/monitor with a read token)"
+
+// socketMayMonitor reports whether the WebSocket of req may send monitor
+// frames: always without tokens, since GET /v1/monitor is open then, and
+// otherwise with an admin token, or with any credential under NodeMonitor.
+func (s *Server) socketMayMonitor(req *http.Request) bool {
+	if s.auth.current() == nil || s.cfg.NodeMonitor {
+		return true
+	}
+	scope, ok := req.Context().Value(authScopeKey{}).(Scope)
+	return ok && scope.grants(ScopeRead)
 }
 
 // socketLimitReason is the close reason of a socket over MaxSocketsPerNode.
@@ -203,13 +219,17 @@ func frameNodeID(data []byte) string {
 
 // handleFrame returns the reply to one frame. A non-empty closeReason means no leader
 // responded and the socket is to be closed.
-func (s *Server) handleFrame(ctx context.Context, data []byte) (reply []byte, closeReason string) {
+func (s *Server) handleFrame(ctx context.Context, data []byte, mayMonitor bool) (reply []byte, closeReason string) {
 	start := time.Now()
 	defer func() { s.metrics.reportSeconds.WithLabelValues("websocket").Observe(time.Since(start).Seconds()) }()
 
 	if bytes.Contains(data, []byte(`"monitor"`)) {
 		var m monitorFrame
 		if err := decodeJSON(data, &m); err == nil && m.Monitor != "" {
+			if !mayMonitor {
+				s.metrics.reports.WithLabelValues("websocket", "forbidden").Inc()
+				return errorFrame(newError(http.StatusForbidden, CodeForbidden, errNodeMonitor)), ""
+			}
 			return s.monitorReply(ctx, m), ""
 		}
 	}

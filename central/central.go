@@ -82,6 +82,10 @@ type Config struct {
 	// every central's certificate.
 	RaftTLS bool
 
+	// NodeMonitor lets report WebSockets opened with a node credential
+	// send monitor frames (see api.Config.NodeMonitor).
+	NodeMonitor bool
+
 	// Profiling serves Go's runtime profiles under /debug/pprof/.
 	Profiling bool
 
@@ -243,6 +247,7 @@ func Start(cfg Config) (*Central, error) {
 		HandshakeAuth:        auth,
 		Tokens:               cfg.Tokens,
 		MetricsTokenRequired: cfg.MetricsTokenRequired,
+		NodeMonitor:          cfg.NodeMonitor,
 		PeerTLS:              peerTLS,
 		Profiling:            cfg.Profiling,
 		Ready:                c.ready.check,

@@ -1,7 +1,6 @@
 package central
 
 import (
-	"cmp"
 	"slices"
 	"strings"
 	"sync"
@@ -41,7 +40,11 @@ func (c *replyCache) fill(e *quota.Engine, slot int64) {
 	nodes := make(map[string]map[string][]byte)
 	e.EachNodeQuotas(slot, func(node string, entries []quota.QuotaEntry) {
 		slices.SortFunc(entries, func(a, b quota.QuotaEntry) int {
-			return cmp.Or(strings.Compare(a.Service, b.Service), strings.Compare(a.User, b.User))
+			// cmp.Or would compare the users even when the services differ.
+			if c := strings.Compare(a.Service, b.Service); c != 0 {
+				return c
+			}
+			return strings.Compare(a.User, b.User)
 		})
 		byService := make(map[string][]byte)
 		for start := 0; start < len(entries); {

@@ -48,6 +48,7 @@ type options struct {
 	metricsToken  bool
 	raftTLS       bool
 	profiling     bool
+	nodeMonitor   bool
 	raftHeartbeat time.Duration
 	raftElection  time.Duration
 	raftSnapshot  uint64
@@ -88,6 +89,7 @@ func parseFlags(args []string, help io.Writer) (options, error) {
 	flags.StringVar(&o.accessKeys, "access-keys-file", "", "file of SigV4 key pairs, one \"ACCESS_KEY SECRET\" per line; when set, report WebSockets without a node token must be presigned with one of them")
 	flags.StringVar(&o.tokenFile, "token-file", "", "file of API bearer tokens, one \"SCOPE TOKEN\" per line with scope admin, node or read; when set, every route except /healthz, /readyz, /ui and /metrics needs a token, and SIGHUP reloads the file (default: no authentication)")
 	flags.BoolVar(&o.metricsToken, "metrics-token-required", false, "make /metrics need a read or admin token from --token-file")
+	flags.BoolVar(&o.nodeMonitor, "node-monitor", false, "let report WebSockets opened with a node token or a SigV4 signature send monitor frames, as the Lua protocol allows; with --token-file they need an admin token otherwise, since monitor data is for read tokens")
 	flags.BoolVar(&o.raftTLS, "raft-tls", false, "secure the Raft transport with mutual TLS, using --tls-cert and --tls-key; --tls-ca must have signed every central's certificate, and each certificate must name the host of the central's --raft-addr")
 	cli.DurationVar(flags, &o.raftHeartbeat, "raft-heartbeat-timeout", 0, "how long a follower waits without hearing from the leader before it starts an election (default 1s, as hashicorp/raft); lower means faster failover and more elections on a busy machine")
 	cli.DurationVar(flags, &o.raftElection, "raft-election-timeout", 0, "how long a candidate waits for an election to finish, at least the heartbeat timeout (default 1s)")
@@ -286,6 +288,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 		MetricsTopUsers:      o.topUsers,
 		MetricsTokenRequired: o.metricsToken,
+		NodeMonitor:          o.nodeMonitor,
 
 		Logger: logger,
 	})
