@@ -34,7 +34,7 @@ func TestParseFlagsRequiresNodeIDAndDataDir(t *testing.T) {
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--history-slots", "0"}, "--history-slots 0"},
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--metrics-top-users", "-1"}, "--metrics-top-users -1 is out of range"},
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--metrics-top-users", "1001"}, "--metrics-top-users 1001 is out of range; use 0 (off) to 1000"},
-		{[]string{"--node-id", "c1", "--data-dir", "d", "--metrics-top-users", "ten"}, `invalid value "ten" for flag -metrics-top-users`},
+		{[]string{"--node-id", "c1", "--data-dir", "d", "--metrics-top-users", "ten"}, `invalid value "ten" for flag --metrics-top-users: must be a whole number`},
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--bootstrap", "--join", "a:1"}, "--bootstrap and --join exclude each other"},
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--raft-heartbeat-timeout", "1s", "--raft-election-timeout", "500ms"}, "--raft-election-timeout 500ms is below"},
 		{[]string{"--node-id", "c1", "--data-dir", "d", "--raft-heartbeat-timeout", "1"}, "such as 500ms"},

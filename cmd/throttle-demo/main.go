@@ -19,6 +19,8 @@ import (
 	"syscall"
 
 	"github.com/throttlecentral/throttle-central/demo"
+
+	"github.com/throttlecentral/throttle-central/internal/cli"
 )
 
 func main() {
@@ -40,7 +42,7 @@ func run(args []string) error {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
-		return err
+		return cli.ExplainParseError(flags, err)
 	}
 	if flags.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q; run with -h for the flags", flags.Arg(0))

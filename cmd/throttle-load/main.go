@@ -24,6 +24,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/throttlecentral/throttle-central/internal/cli"
 )
 
 func main() {
@@ -63,7 +65,7 @@ func parse(args []string) (config, error) {
 	flags.BoolVar(&c.insecure, "tls-skip-verify", false, "use https without verifying the centrals' certificates")
 	flags.BoolVar(&c.asJSON, "json", false, "print the result as one JSON object")
 	if err := flags.Parse(args); err != nil {
-		return c, err
+		return c, cli.ExplainParseError(flags, err)
 	}
 	c.scheme = "http"
 	if c.insecure {

@@ -15,6 +15,8 @@ import (
 
 	"github.com/throttlecentral/throttle-central/quota"
 	"github.com/throttlecentral/throttle-central/sim"
+
+	"github.com/throttlecentral/throttle-central/internal/cli"
 )
 
 func main() {
@@ -35,7 +37,7 @@ func run(args []string, stdout io.Writer) error {
 	list := flags.Bool("list", false, "list the scenarios and exit")
 	trace := flags.Bool("trace", false, "also print each slot's admitted amount over the limit, per scenario and mode")
 	if err := flags.Parse(args); err != nil {
-		return err
+		return cli.ExplainParseError(flags, err)
 	}
 	if flags.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q; see -help", flags.Arg(0))

@@ -198,7 +198,7 @@ func parseCommandLine(args []string, stdout, stderr io.Writer, lookupEnv func(st
 			printMainUsage(stdout, globalFlags, all)
 			return nil, nil, err
 		}
-		return nil, nil, usagef("%v; run throttlectl --help for the flags", err)
+		return nil, nil, usagef("%v; run throttlectl --help for the flags", cli.ExplainParseError(globalFlags, err))
 	}
 	rest := globalFlags.Args()
 	if len(rest) == 0 {
@@ -322,7 +322,7 @@ func parseInterleaved(flags *flag.FlagSet, args []string) ([]string, error) {
 	var positional []string
 	for {
 		if err := flags.Parse(args); err != nil {
-			return nil, err
+			return nil, cli.ExplainParseError(flags, err)
 		}
 		rest := flags.Args()
 		consumed := len(args) - len(rest)

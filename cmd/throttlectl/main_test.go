@@ -272,7 +272,7 @@ func TestUsageErrorsExitTwoNamingTheValue(t *testing.T) {
 		{[]string{"help", "frob"}, nil, `unknown command "frob"`},
 		{[]string{"members"}, map[string]string{"THROTTLECTL_TIMEOUT": "soon"}, `environment variable THROTTLECTL_TIMEOUT is invalid: "soon" is not a duration`},
 		{[]string{"members"}, map[string]string{"THROTTLECTL_TLS_SKIP_VERIFY": "maybe"}, `environment variable THROTTLECTL_TLS_SKIP_VERIFY="maybe" is invalid; use true or false`},
-		{[]string{"monitor", "front", "alice", "--count", "x"}, nil, `invalid value "x" for flag -count: "x" is not a whole number`},
+		{[]string{"monitor", "front", "alice", "--count", "x"}, nil, `invalid value "x" for flag --count: "x" is not a whole number`},
 		{[]string{"--timeout", "5", "members"}, nil, `"5" is not a duration`},
 		{[]string{"members"}, map[string]string{"THROTTLECTL_OUTPUT": "xml"}, `THROTTLECTL_OUTPUT is invalid: output format "xml" is unknown`},
 		{[]string{"members"}, map[string]string{"THROTTLECTL_TOKEN": "a\nb"}, "the token contains a line break"},

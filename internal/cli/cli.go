@@ -147,7 +147,7 @@ func Parse(flags *flag.FlagSet, args []string, cmd Command, help io.Writer, look
 		flags.PrintDefaults()
 	}
 	if err := flags.Parse(args); err != nil {
-		return explainParseError(flags, err)
+		return ExplainParseError(flags, err)
 	}
 	if err := ApplySettings(flags, cmd.EnvPrefix, lookup); err != nil {
 		return err
@@ -162,10 +162,10 @@ func Parse(flags *flag.FlagSet, args []string, cmd Command, help io.Writer, look
 // types cannot parse.
 var invalidValue = regexp.MustCompile(`^invalid (?:boolean )?value (".*") for (?:flag )?-(\S+): (.*)$`)
 
-// explainParseError rewrites the flag package's "parse error" for an int,
+// ExplainParseError rewrites the flag package's "parse error" for an int,
 // uint, float or bool flag into what the value must be, and names the flag
 // with the two dashes the help uses.
-func explainParseError(flags *flag.FlagSet, err error) error {
+func ExplainParseError(flags *flag.FlagSet, err error) error {
 	m := invalidValue.FindStringSubmatch(err.Error())
 	if m == nil {
 		return err
