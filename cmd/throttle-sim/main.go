@@ -13,10 +13,9 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/throttlecentral/throttle-central/internal/cli"
 	"github.com/throttlecentral/throttle-central/quota"
 	"github.com/throttlecentral/throttle-central/sim"
-
-	"github.com/throttlecentral/throttle-central/internal/cli"
 )
 
 func main() {
