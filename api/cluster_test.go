@@ -91,6 +91,19 @@ func TestJoinClusterError(t *testing.T) {
 	wantNoCommands(t, node)
 }
 
+func TestJoinRejectedByRaftTLSIs400(t *testing.T) {
+	node := newLeader(t)
+	node.cluster.set(func(c *fakeCluster) {
+		c.joinErr = fmt.Errorf(`raftnode: join "c4" at 127.0.0.1:7004: %w: raftnode: TLS connection to 127.0.0.1:7004 failed: x509: certificate signed by unknown authority`, raftnode.ErrPeerRejected)
+	})
+
+	rec := node.do(t, http.MethodPost, "/v1/cluster/join", joinBody)
+
+	body := wantError(t, rec, http.StatusBadRequest, CodeInvalid)
+	wantMessageContains(t, body, "certificate signed by unknown authority", "--tls-ca")
+	wantNoCommands(t, node)
+}
+
 func TestJoinTombstonedWithStateConflict(t *testing.T) {
 	node := newLeader(t)
 	node.seed(t, fsm.SetServerCommand{ID: "central-2", HTTPAddr: "127.0.0.1:8002", RaftAddr: "127.0.0.1:7002"})

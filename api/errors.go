@@ -68,6 +68,8 @@ func toError(err error) *Error {
 		return newError(http.StatusBadRequest, CodeInvalid, err.Error())
 	case errors.Is(err, raftnode.ErrUnknownServer):
 		return newError(http.StatusNotFound, CodeNotFound, err.Error())
+	case errors.Is(err, raftnode.ErrPeerRejected):
+		return newError(http.StatusBadRequest, CodeInvalid, err.Error()+"; give the joining central a certificate signed by the cluster's CA (--tls-ca), and the same --tls-ca")
 	case errors.Is(err, raftnode.ErrNoLeader), errors.Is(err, raftnode.ErrNotLeader):
 		return newError(http.StatusServiceUnavailable, CodeNoLeader, err.Error())
 	case errors.Is(err, raftnode.ErrClosed):

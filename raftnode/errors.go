@@ -33,6 +33,12 @@ var (
 	// ErrUnknownServer means that no server with the given ID is in the
 	// cluster configuration.
 	ErrUnknownServer = errors.New("unknown server")
+
+	// ErrPeerRejected means that a joining server failed the mutual TLS
+	// check of the Raft transport, so the leader did not add it: its
+	// certificate is not signed by the cluster CA, or it does not accept
+	// the leader's.
+	ErrPeerRejected = errors.New("joining server failed the Raft TLS check")
 )
 
 // NotLeaderError is returned when an operation that needs the leader runs

@@ -102,6 +102,13 @@ func (n *Node) Join(id, addr string) error {
 	if id == n.cfg.NodeID && addr != n.addr {
 		return fmt.Errorf("%s: this is the leader, which listens on %s, and its address cannot change while it runs", op, n.addr)
 	}
+	if n.tlsLayer != nil {
+		// A voter that cannot complete the TLS handshake would count
+		// towards the quorum without ever answering.
+		if err := n.tlsLayer.checkPeer(addr, peerCheckTimeout); err != nil {
+			return fmt.Errorf("%s: %w: %w", op, ErrPeerRejected, err)
+		}
+	}
 	if atAddr != nil && string(atAddr.ID) != id {
 		if string(atAddr.ID) == n.cfg.NodeID {
 			return fmt.Errorf("%s: the address belongs to the leader %q", op, n.cfg.NodeID)

@@ -49,8 +49,11 @@ type Node struct {
 
 	raft      *raft.Raft
 	transport *raft.NetworkTransport
-	store     *raftboltdb.BoltStore
-	addr      string // advertised Raft address, resolved by the listener
+	// tlsLayer is the transport's stream layer under mutual TLS, nil
+	// without TLS.
+	tlsLayer *tlsStreamLayer
+	store    *raftboltdb.BoltStore
+	addr     string // advertised Raft address, resolved by the listener
 
 	leadership *leadershipFeed
 
@@ -113,7 +116,7 @@ func Open(cfg Config) (*Node, error) {
 		return fail(fmt.Errorf("raftnode: open snapshot store in %s: %w", cfg.DataDir, err))
 	}
 
-	transport, err := newTransport(cfg, raftLogger)
+	transport, tlsLayer, err := newTransport(cfg, raftLogger)
 	if err != nil {
 		return fail(fmt.Errorf("raftnode: listen on RaftAddr %s: %w", cfg.RaftAddr, err))
 	}
@@ -142,6 +145,7 @@ func Open(cfg Config) (*Node, error) {
 		logger:     logger,
 		raft:       r,
 		transport:  transport,
+		tlsLayer:   tlsLayer,
 		store:      store,
 		addr:       addr,
 		leadership: feed,
@@ -168,21 +172,22 @@ func Open(cfg Config) (*Node, error) {
 // newTransport listens on cfg.RaftAddr with plain TCP, or with mutual TLS
 // when cfg.TLS is set. Either way the transport advertises the listener's
 // address, which has the real port when RaftAddr has port 0.
-func newTransport(cfg Config, raftLogger *hclogAdapter) (*raft.NetworkTransport, error) {
+func newTransport(cfg Config, raftLogger *hclogAdapter) (*raft.NetworkTransport, *tlsStreamLayer, error) {
 	transportConfig := &raft.NetworkTransportConfig{
 		MaxPool: transportMaxPool,
 		Timeout: transportTimeout,
 		Logger:  raftLogger.Named("transport"),
 	}
 	if cfg.TLS == nil {
-		return raft.NewTCPTransportWithConfig(cfg.RaftAddr, nil, transportConfig)
+		transport, err := raft.NewTCPTransportWithConfig(cfg.RaftAddr, nil, transportConfig)
+		return transport, nil, err
 	}
 	stream, err := newTLSStreamLayer(cfg.RaftAddr, cfg.TLS)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	transportConfig.Stream = stream
-	return raft.NewNetworkTransportWithConfig(transportConfig), nil
+	return raft.NewNetworkTransportWithConfig(transportConfig), stream, nil
 }
 
 // bootstrap writes the first configuration: this node as the only voter.

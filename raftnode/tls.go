@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -106,6 +107,43 @@ func (l *tlsStreamLayer) Dial(address raft.ServerAddress, timeout time.Duration)
 		return nil, fmt.Errorf("raftnode: TLS connection to %s failed: %w", address, err)
 	}
 	return conn, nil
+}
+
+// peerCheckTimeout bounds the connection and handshake of checkPeer.
+const peerCheckTimeout = 5 * time.Second
+
+// peerRejectWait is how long checkPeer waits for the other end to reject
+// this server's certificate after the handshake. It delays every join of
+// a TLS cluster by as much.
+const peerRejectWait = time.Second
+
+// checkPeer connects to the Raft address of a joining server as the
+// cluster's members will, and returns an error when either end rejects the
+// other's certificate. With TLS 1.3 the server checks the client's
+// certificate after the client has finished its handshake, and a rejection
+// arrives on the client's first read. A server that accepted waits for an
+// RPC instead, so that read times out.
+func (l *tlsStreamLayer) checkPeer(address string, timeout time.Duration) error {
+	conn, err := l.Dial(raft.ServerAddress(address), timeout)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := conn.SetReadDeadline(time.Now().Add(peerRejectWait)); err != nil {
+		return err
+	}
+	var b [1]byte
+	_, err = conn.Read(b[:])
+	var netErr net.Error
+	switch {
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return nil
+	case err == nil:
+		return fmt.Errorf("raftnode: %s sent data before any request, which a Raft server never does", address)
+	case errors.Is(err, io.EOF):
+		return fmt.Errorf("raftnode: %s closed the connection after the TLS handshake; it does not accept this server's certificate", address)
+	}
+	return fmt.Errorf("raftnode: %s rejected this server's certificate: %w", address, err)
 }
 
 // serverConn is an accepted TLS connection whose handshake runs once, on
