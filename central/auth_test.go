@@ -330,25 +330,34 @@ func TestRaftTLSClusterReplicatesAndKeepsIntruderOut(t *testing.T) {
 		waitForLimit(t, n, "front", "alice", 500)
 	}
 
-	// The intruder holds the admin token and trusts the cluster CA, so
-	// its join request succeeds, but its own certificate comes from
-	// another CA: the other centrals never complete a Raft connection
-	// with it.
+	// The intruder holds the admin token and trusts the cluster CA, but
+	// its own certificate comes from another CA: the leader's Raft TLS
+	// check refuses the join, and the intruder stops with the reason.
 	intruderCert, intruderKey := writeSelfSignedCert(t, t.TempDir())
 	intruder := startNodeWith(t, "intruder", false, []string{first.c.HTTPAddr()}, func(cfg *Config) {
 		cfg.TLS = TLSConfig{CertFile: intruderCert, KeyFile: intruderKey, CAFile: certFile}
 		cfg.RaftTLS = true
 		cfg.Tokens = clusterTokens(t)
 	})
-	rejected := fmt.Sprintf("TLS connection to %s failed", intruder.c.RaftAddr())
-	waitFor(t, "a centrals' log line about the rejected intruder", func() string {
-		if clusterLog.contains(rejected) {
-			return ""
+	select {
+	case err := <-intruder.c.Fatal():
+		for _, want := range []string{"HTTP 400", "Raft TLS check", "--tls-ca"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("the intruder stopped with %q, want it to contain %q", err, want)
+			}
 		}
-		return "no line contains " + rejected
-	})
+	case <-time.After(20 * time.Second):
+		t.Fatal("the intruder did not stop within 20 s after its join was refused")
+	}
+	servers, err := nodeByID(t, nodes, leader).c.Node().Servers()
+	if err != nil {
+		t.Fatalf("Servers: %v", err)
+	}
+	if len(servers) != len(nodes) {
+		t.Errorf("the configuration has %d servers (%+v), want the %d centrals without the intruder", len(servers), servers, len(nodes))
+	}
 	if status, data := tokenRequest(t, client, http.MethodPut, url, `{"limit":{"traffic_up":600}}`, clusterAdminToken); status != http.StatusOK {
-		t.Fatalf("PUT with the intruder in the configuration: %d %s", status, data)
+		t.Fatalf("PUT after the refused join: %d %s", status, data)
 	}
 	for _, n := range nodes {
 		waitForLimit(t, n, "front", "alice", 600)
