@@ -217,6 +217,7 @@ var routeAccess = map[string]access{
 	"DELETE /v1/limits/:service/:user": accessAdmin,
 	"GET /v1/cluster":                  accessRead,
 	"POST /v1/cluster/join":            accessAdmin,
+	"POST /v1/cluster/removed":         accessAdmin,
 	"DELETE /v1/cluster/servers/:id":   accessAdmin,
 	"GET /v1/members":                  accessRead,
 	"GET /debug/pprof/*":               accessAdmin,

@@ -194,6 +194,7 @@ var protectedRoutes = []routeCase{
 	{http.MethodDelete, "/v1/limits/front/alice", "", ScopeAdmin, http.StatusNoContent},
 	{http.MethodPost, "/v1/cluster/join", `{"node_id":"central-4","raft_addr":"127.0.0.1:7004","http_addr":"127.0.0.1:8084"}`, ScopeAdmin, http.StatusOK},
 	{http.MethodDelete, "/v1/cluster/servers/central-4", "", ScopeAdmin, http.StatusNoContent},
+	{http.MethodPost, "/v1/cluster/removed", `{"node_id":"central-1","leader":"central-9"}`, ScopeAdmin, http.StatusNoContent},
 	{http.MethodPost, "/v1/report", fmt.Sprintf(`{"node_id":"edge-1","slot_number":%d,"consumption":{"front":{"alice":{"traffic_up":1}}},"rejection":{}}`, testSlot), ScopeNode, http.StatusOK},
 }
 
@@ -203,6 +204,7 @@ func newProtectedLeader(t *testing.T, configure func(*Config)) *testNode {
 	t.Helper()
 	node := newReportLeader(t, &fakeReporter{}, &fakeMonitor{data: map[int64]any{}}, func(cfg *Config) {
 		withTokens(t)(cfg)
+		cfg.Removal = &fakeRemoval{}
 		if configure != nil {
 			configure(cfg)
 		}
@@ -556,6 +558,9 @@ func TestForwardKeepsAuthorization(t *testing.T) {
 	for _, route := range protectedRoutes {
 		if route.method == http.MethodGet && !strings.HasPrefix(route.target, "/v1/monitor") {
 			continue // a follower serves reads from its own state
+		}
+		if route.target == "/v1/cluster/removed" {
+			continue // a removal notice is for the central it names
 		}
 		t.Run(route.method+" "+route.target, func(t *testing.T) {
 			pair := newProtectedPair(t, nil)

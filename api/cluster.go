@@ -91,6 +91,8 @@ func (s *Server) removeServer(c echo.Context) error {
 	if !slices.ContainsFunc(servers, func(server raftnode.Server) bool { return server.ID == id }) {
 		return newError(http.StatusNotFound, CodeNotFound, fmt.Sprintf("server %q is not in the cluster", id))
 	}
+	target, _ := s.cfg.State.Server(id)
+	removedAt := s.now()
 	// The tombstone is replicated before the configuration change, while
 	// this node is surely still the leader: removing the leader itself
 	// makes it step down, and a retry after a failed removal finds the
@@ -105,6 +107,9 @@ func (s *Server) removeServer(c echo.Context) error {
 		return err
 	}
 	s.log.Info("server removed", slog.String("node_id", id))
+	if id != s.cfg.NodeID && target.HTTPAddr != "" {
+		go s.tellRemoved(id, target.HTTPAddr, removedAt)
+	}
 	return c.NoContent(http.StatusNoContent)
 }
 

@@ -1,12 +1,16 @@
 package api
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -149,11 +153,35 @@ func TestRemoveServer(t *testing.T) {
 			{ID: "central-2", Address: "127.0.0.1:7002", Suffrage: "Voter"},
 		}
 	})
-	node.seed(t, fsm.SetServerCommand{ID: "central-2", HTTPAddr: "127.0.0.1:8002", RaftAddr: "127.0.0.1:7002"})
+	notices := make(chan *http.Request, 1)
+	noticeBodies := make(chan string, 1)
+	removed := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		notices <- r
+		noticeBodies <- string(body)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(removed.Close)
+	node.seed(t, fsm.SetServerCommand{ID: "central-2", HTTPAddr: removed.Listener.Addr().String(), RaftAddr: "127.0.0.1:7002"})
 
 	rec := node.do(t, http.MethodDelete, "/v1/cluster/servers/central-2", "")
 
 	wantStatus(t, rec, http.StatusNoContent)
+	select {
+	case req := <-notices:
+		if req.Method != http.MethodPost || req.URL.Path != "/v1/cluster/removed" {
+			t.Errorf("the removed central got %s %s, want POST /v1/cluster/removed", req.Method, req.URL.Path)
+		}
+		var notice RemovalNotice
+		if err := json.Unmarshal([]byte(<-noticeBodies), &notice); err != nil {
+			t.Fatalf("the notice is not JSON: %v", err)
+		}
+		if notice.NodeID != "central-2" || notice.Leader != leaderID || !notice.At.Equal(testNow) {
+			t.Errorf("notice is %+v, want node central-2, leader %s, at %s", notice, leaderID, testNow)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the removed central got no notice within 10 s")
+	}
 	if calls := node.cluster.removeCalls(); !slices.Equal(calls, []string{"central-2"}) {
 		t.Errorf("Remove calls are %v, want [central-2]", calls)
 	}

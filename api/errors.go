@@ -22,6 +22,7 @@ const (
 	CodeConflict      = "conflict"
 	CodeTooLarge      = "body_too_large"
 	CodeNoLeader      = "no_leader"
+	CodeRemoved       = "removed"
 	CodeTimeout       = "timeout"
 	CodeMethod        = "method_not_allowed"
 	CodeUnavailable   = "unavailable"

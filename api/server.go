@@ -75,6 +75,9 @@ type Config struct {
 	// Members lists this central's gossip members for GET /v1/members;
 	// nil means gossip is off.
 	Members func() []Member
+	// Removal keeps the leader's notice that this central was removed;
+	// nil ignores such notices.
+	Removal Removal
 	// HandshakeAuth, when set, checks every WebSocket handshake except
 	// one that carries a node or admin token of Tokens.
 	HandshakeAuth HandshakeAuth
@@ -195,7 +198,7 @@ func New(cfg Config) (*Server, error) {
 	// instrument is outermost, so it also counts the 500 that
 	// recoverPanics returns for a panic, and the 401 and 403 of
 	// authenticate, which runs before any handler reads the body.
-	e.Use(s.instrument, s.recoverPanics, s.authenticate, s.limitBody)
+	e.Use(s.instrument, s.recoverPanics, s.authenticate, s.refuseIfRemoved, s.limitBody)
 	s.routes(e)
 	if err := checkRouteAccess(e.Routes()); err != nil {
 		return nil, err
@@ -233,6 +236,7 @@ func (s *Server) routes(e *echo.Echo) {
 
 	v1.GET("/cluster", s.clusterStatus)
 	v1.POST("/cluster/join", s.join)
+	v1.POST("/cluster/removed", s.removedNotice)
 	v1.DELETE("/cluster/servers/:id", s.removeServer)
 	v1.GET("/members", s.listMembers)
 }

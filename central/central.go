@@ -159,6 +159,14 @@ func Start(cfg Config) (*Central, error) {
 	}
 	log := cfg.Logger.With(slog.String("component", "central"), slog.String("node_id", cfg.NodeID))
 	hasState := hasRaftState(cfg.DataDir)
+	removed, err := loadRemoval(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if notice, ok := removed.Removed(); ok {
+		log.Error("this central was removed from its cluster and answers 503 to everything but health and metrics; delete its data directory and start it with --join to bring it back",
+			slog.String("leader", notice.Leader), slog.Time("at", notice.At))
+	}
 
 	auth, err := handshakeAuth(cfg.AccessKeys)
 	if err != nil {
@@ -231,7 +239,7 @@ func Start(cfg Config) (*Central, error) {
 		alloc:    alloc,
 		listener: listener,
 		httpAddr: httpAddr,
-		ready:    &readiness{node: node, allocating: alloc.running},
+		ready:    &readiness{node: node, allocating: alloc.running, removal: removed},
 		gossip:   gossip,
 		fatal:    make(chan error, 1),
 	}
@@ -243,6 +251,7 @@ func Start(cfg Config) (*Central, error) {
 		Reports: alloc,
 		Monitor: alloc,
 		Members: c.memberView(),
+		Removal: removed,
 
 		HandshakeAuth:        auth,
 		Tokens:               cfg.Tokens,

@@ -285,6 +285,46 @@ func TestRemovedServerWithOldDataIsRefused(t *testing.T) {
 	}
 }
 
+func TestRunningRemovedServerIsToldAndRefusesRequests(t *testing.T) {
+	nodes := startCluster(t, 3)
+	leader := nodeByID(t, nodes, waitForCluster(t, nodes))
+	victim := followerOf(t, nodes, leader.id())
+	if status, body := putLimit(t, leader.c.HTTPAddr(), "front", "alice", 100); status != http.StatusOK {
+		t.Fatalf("PUT: %d %s", status, body)
+	}
+	waitForLimit(t, victim, "front", "alice", 100)
+
+	status, body := request(t, http.MethodDelete, leader.c.HTTPAddr(), "/v1/cluster/servers/"+victim.id(), nil)
+	if status != http.StatusNoContent {
+		t.Fatalf("DELETE server %s: %d %s", victim.id(), status, body)
+	}
+
+	// The leader tells the removed central, which then sends clients away
+	// instead of answering from state that no longer changes.
+	waitFor(t, "the removed central to answer 503 removed", func() string {
+		status, body := request(t, http.MethodGet, victim.c.HTTPAddr(), "/v1/limits/front/alice", nil)
+		if status != http.StatusServiceUnavailable || !strings.Contains(string(body), `"removed"`) {
+			return fmt.Sprintf("GET limits: %d %s", status, body)
+		}
+		return ""
+	})
+	status, body = request(t, http.MethodGet, victim.c.HTTPAddr(), "/readyz", nil)
+	if status != http.StatusServiceUnavailable || !strings.Contains(string(body), "removed from the cluster by leader") {
+		t.Errorf("readyz of the removed central: %d %s, want 503 naming the removal", status, body)
+	}
+
+	// The notice survives a restart on the same data.
+	victim.stop(t)
+	victim.start(t)
+	status, body = request(t, http.MethodGet, victim.c.HTTPAddr(), "/v1/limits/front/alice", nil)
+	if status != http.StatusServiceUnavailable || !strings.Contains(string(body), "delete its data directory") {
+		t.Errorf("GET limits after a restart: %d %s, want 503 telling the operator what to do", status, body)
+	}
+	if status, _ := request(t, http.MethodGet, victim.c.HTTPAddr(), "/healthz", nil); status != http.StatusOK {
+		t.Errorf("healthz of the removed central: %d, want 200", status)
+	}
+}
+
 func TestNotReadyWithoutLeader(t *testing.T) {
 	// A node started without --bootstrap and without --join has no leader.
 	n := startNode(t, "lonely", false, nil)

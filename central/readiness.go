@@ -6,6 +6,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/throttlecentral/throttle-central/api"
 	"github.com/throttlecentral/throttle-central/raftnode"
 )
 
@@ -18,6 +19,9 @@ type readiness struct {
 	// allocating reports whether the quota engine runs; a leader is ready
 	// only once it does. Nil skips the check.
 	allocating func() bool
+	// removal holds the leader's notice that this central was removed;
+	// nil skips the check.
+	removal api.Removal
 
 	mu     sync.Mutex
 	target uint64
@@ -33,6 +37,9 @@ type raftView interface {
 }
 
 func (r *readiness) check() (bool, string) {
+	if reason := api.RemovedReason(r.removal); reason != "" {
+		return false, reason
+	}
 	id, _ := r.node.Leader()
 	if id == "" {
 		if !r.member() {
