@@ -26,6 +26,8 @@ SERVICE=front
 USER_NAME=alice
 LIMIT_TRAFFIC_UP=1048576
 LIMIT_DATABASE_READ=200
+# No node reports database_write: its chart must show 0, not "no data".
+LIMIT_DATABASE_WRITE=50
 REPORT_SECONDS=${UI_CHECK_REPORT_SECONDS:-6}
 DATA_WAIT_SECONDS=10
 # Virtual time Chromium gives the page before it dumps the DOM or takes the
@@ -170,7 +172,7 @@ scripts/cluster.sh up
 
 echo "== setting the limit of $SERVICE/$USER_NAME"
 curl -sS -f --max-time 5 --retry 5 --retry-delay 1 -X PUT "http://$http1/v1/limits/$SERVICE/$USER_NAME" \
-	-d "{\"limit\":{\"traffic_up\":$LIMIT_TRAFFIC_UP,\"database_read\":$LIMIT_DATABASE_READ}}"
+	-d "{\"limit\":{\"traffic_up\":$LIMIT_TRAFFIC_UP,\"database_read\":$LIMIT_DATABASE_READ,\"database_write\":$LIMIT_DATABASE_WRITE}}"
 echo
 
 echo "== sending reports from edge-1 and edge-2 for ${REPORT_SECONDS}s"
@@ -203,6 +205,13 @@ check "the cluster panel names the leader $leader" "id=\"leader\">$leader<"
 check "the gossip members are alive" 'class="state-alive">alive<'
 check "the limit table shows traffic_up $LIMIT_TRAFFIC_UP" "data-limit=\"$LIMIT_TRAFFIC_UP\""
 check "the consumption chart draws a line" 'data-chart="consumption" data-series="consumption" d="M[0-9]'
+lines=$(grep -o 'data-chart="consumption" data-series="consumption" d="M[0-9]' "$work/dom.html" | wc -l)
+if ((lines == 3)); then
+	echo "ok: a consumption line for each of the 3 limited resources, database_write (never reported) at 0"
+else
+	echo "FAILED: $lines consumption lines, want 3: one for each limited resource, database_write at 0" >&2
+	failures=$((failures + 1))
+fi
 check "the consumption chart draws the limit line" "class=\"limit-line\" data-limit=\"$LIMIT_TRAFFIC_UP\""
 check "the rejection chart draws traffic_up" 'data-chart="rejection" data-series="traffic_up" d="M[0-9]'
 check "the quota chart draws a line" 'data-chart="quota" data-series="edge-[12]" d="M[0-9]'

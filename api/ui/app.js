@@ -109,17 +109,18 @@ async function poll() {
       fetchJSON(limitPath(service, user)),
       fetchJSON(monitorPath('consumption_sum', service, user)),
       fetchJSON(monitorPath('rejection_sum', service, user)),
-      fetchJSON(monitorPath('quota', service, user)));
+      fetchJSON(monitorPath('quota', service, user)),
+      fetchJSON(monitorPath('reported', service, user)));
   }
   const results = await Promise.all(requests);
   if (generation !== page.generation) {
     return; // restartPolling started a poll for the new selection
   }
   try {
-    const [cluster, members, limits, consumption, rejection, quota] = results;
+    const [cluster, members, limits, consumption, rejection, quota, reported] = results;
     renderCluster(cluster, members);
     if (selected) {
-      renderUser(limits, consumption, rejection, quota);
+      renderUser(limits, consumption, rejection, quota, reported);
     } else {
       renderNoSelection();
     }
@@ -285,14 +286,14 @@ function renderNoSelection() {
   byId('user-details').hidden = true;
 }
 
-function renderUser(limits, consumption, rejection, quota) {
+function renderUser(limits, consumption, rejection, quota, reported) {
   const {service, user} = page.selection;
   setText('user-title', `Service ${service}, user ${user}`);
   setMessage('user-message', '', '');
   byId('user-details').hidden = false;
   const limit = renderLimits(limits);
   const now = currentSlot();
-  renderConsumption(consumption, limit, now);
+  renderConsumption(consumption, limit, now, reportedSlots(reported));
   renderRejections(rejection, now);
   renderQuotas(quota, limit, now);
 }
@@ -325,7 +326,9 @@ function renderLimits(result) {
   return record.limit;
 }
 
-function renderConsumption(result, limit, now) {
+// reported holds the seconds in which at least one edge node reported: in
+// those, a resource without data consumed 0, as throttlectl monitor shows.
+function renderConsumption(result, limit, now, reported) {
   const container = byId('consumption-charts');
   if (!result.ok) {
     setMessage('consumption-message', 'error', describeMonitorError('consumption_sum', result));
@@ -344,7 +347,7 @@ function renderConsumption(result, limit, now) {
   const resources = [...new Set([...Object.keys(limit || {}), ...byResource.keys()])].sort();
   container.replaceChildren(...resources.map((resource) => lineChart({
     kind: 'consumption', title: resource, start: end - WINDOW_SLOTS + 1, end, now,
-    series: [{name: 'consumption', values: byResource.get(resource) || new Map()}],
+    series: [{name: 'consumption', values: withZeros(byResource.get(resource), reported)}],
     limit: limit ? limit[resource] : undefined,
   })));
 }
@@ -434,6 +437,32 @@ function sumsByResource(data) {
     }
   }
   return byResource;
+}
+
+// Returns the set of slots in which at least one edge node reported, from
+// the reported data (slot -> [node]); empty when the request failed.
+function reportedSlots(result) {
+  const slots = new Set();
+  if (result && result.ok) {
+    for (const [slot, nodes] of Object.entries(result.body)) {
+      if (Array.isArray(nodes) && nodes.length > 0) {
+        slots.add(Number(slot));
+      }
+    }
+  }
+  return slots;
+}
+
+// Returns values (Map(slot -> amount), or undefined) with 0 for every slot
+// in reported that has no value.
+function withZeros(values, reported) {
+  const filled = new Map(values || []);
+  for (const slot of reported) {
+    if (!filled.has(slot)) {
+      filled.set(slot, 0);
+    }
+  }
+  return filled;
 }
 
 // Turns quota data, slot -> service -> user -> resource -> node -> quota,
