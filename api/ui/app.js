@@ -326,8 +326,8 @@ function renderLimits(result) {
   return record.limit;
 }
 
-// reported holds the seconds in which at least one edge node reported: in
-// those, a resource without data consumed 0, as throttlectl monitor shows.
+// reported is the set of seconds in which at least one edge node reported.
+// In those, a resource without data consumed 0, as throttlectl monitor shows.
 function renderConsumption(result, limit, now, reported) {
   const container = byId('consumption-charts');
   if (!result.ok) {
