@@ -9,10 +9,10 @@ import (
 // BenchmarkFleetSecond measures one second of a leader at fleet size: 500
 // nodes each report the same 1,000 users x 4 resources, all with limits,
 // and then the slot's assignment runs. ns/report is the mean time of one
-// Ingest with the state of all 500 nodes in memory, the figure that
-// decides how long a burst of reports queues; assign-ms is the
-// assignment's time. It is slow to set up (about 20 s), so it runs only
-// when named: go test -run '^$' -bench FleetSecond -benchtime 3x ./quota
+// Ingest with the state of all 500 nodes in memory, which decides how long
+// a burst of reports queues. assign-ms is the assignment's wall time. It
+// takes about 10 s, so run it by name: go test -run '^$' -bench
+// FleetSecond -benchtime 3x ./quota
 func BenchmarkFleetSecond(b *testing.B) {
 	const nodeCount, userCount = 500, 1000
 	users := benchUserNames(userCount)
