@@ -70,10 +70,8 @@ type allocator struct {
 	metrics       *allocatorMetrics
 	replies       replyCache
 
-	// offsets holds each node's last clock offset in whole seconds, so a
-	// change is logged once instead of on every report.
-	offsetsMu sync.Mutex
-	offsets   map[string]int64
+	// offsets holds each node's clock offset in whole seconds.
+	offsets clockOffsets
 }
 
 // newAllocator returns an allocator; the caller sets node and state before
@@ -87,7 +85,6 @@ func newAllocator(log *slog.Logger, config quota.Config, checkpointEvery int64) 
 	}
 	return &allocator{
 		log:             log.With(slog.String("component", "allocator")),
-		offsets:         make(map[string]int64),
 		config:          config,
 		checkpointEvery: checkpointEvery,
 		now:             time.Now,
@@ -287,12 +284,12 @@ func (a *allocator) Report(r *protocol.Report) (api.ReportReply, error) {
 	if e == nil {
 		return api.ReportReply{}, errNotAllocating
 	}
-	offset := slotOffset(a.now(), r.Slot)
-	if offset > maxClockOffset || offset < -maxClockOffset {
+	measured := slotOffset(a.now(), r.Slot)
+	if measured > maxClockOffset || measured < -maxClockOffset {
 		return api.ReportReply{}, fmt.Errorf("%w: slot_number %d is %d s away from the central's clock; an edge node's clock must be within %d s (a day) of it, so check the clock of node %q",
-			quota.ErrInvalid, r.Slot, -offset, maxClockOffset, r.NodeID)
+			quota.ErrInvalid, r.Slot, -measured, maxClockOffset, r.NodeID)
 	}
-	a.noteOffset(r.NodeID, offset)
+	offset := a.noteOffset(r.NodeID, r.Slot, measured)
 	local := *r
 	local.Slot += offset
 	result, err := e.Ingest(&local)
@@ -334,20 +331,21 @@ func (a *allocator) Monitor(q quota.MonitorQuery) (map[int64]any, error) {
 	return e.Monitor(q)
 }
 
-// noteOffset exports a node's clock offset and logs it when it changes to
-// or from a whole second or more. The Lua client sends its own slot
-// numbers, so an offset means its clock is wrong by that many seconds.
-func (a *allocator) noteOffset(node string, offset int64) {
+// noteOffset returns the offset to apply to the report of slot from node,
+// whose arrival time gives measured (see clockOffsets). It exports the node's offset and
+// logs a change, since the Lua client sends its own slot numbers, so an
+// offset means its clock is wrong by that many seconds.
+func (a *allocator) noteOffset(node string, slot, measured int64) int64 {
+	offset, previous, changed, known := a.offsets.resolve(node, measured)
 	a.metrics.offset.WithLabelValues(node).Set(float64(offset))
-	a.offsetsMu.Lock()
-	previous, seen := a.offsets[node]
-	a.offsets[node] = offset
-	a.offsetsMu.Unlock()
-	if (seen && previous == offset) || (!seen && offset == 0) {
-		return
+	if changed {
+		a.log.Warn("edge node clock is off by whole seconds; its slots are mapped onto the central's",
+			slog.String("node_id", node), slog.Int64("offset_seconds", offset), slog.Int64("previous_offset_seconds", previous))
+	} else if known && measured != offset {
+		a.log.Debug("report arrived later than its node's clock offset explains; it counts for its own second",
+			slog.String("node_id", node), slog.Int64("slot_number", slot), slog.Int64("offset_seconds", offset), slog.Int64("arrival_offset_seconds", measured))
 	}
-	a.log.Warn("edge node clock is off by whole seconds; its slots are mapped onto the central's",
-		slog.String("node_id", node), slog.Int64("offset_seconds", offset), slog.Int64("previous_offset_seconds", previous))
+	return offset
 }
 
 // running reports whether the quota engine runs on this central.

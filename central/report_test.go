@@ -215,3 +215,53 @@ func TestVersion2ReportGetsShares(t *testing.T) {
 		r.Slot = time.Now().Unix()
 	}
 }
+
+func TestReplayBeforeNodesOwnReportKeepsItsSecond(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for about 4 s of real slots")
+	}
+	n := startNode(t, "c1", true, nil)
+	waitForCluster(t, []*testNode{n})
+	if status, body := putLimit(t, n.c.HTTPAddr(), "front", "alice", 1000); status != http.StatusOK {
+		t.Fatalf("PUT: %d %s", status, body)
+	}
+	type reply struct {
+		CentralSlot int64 `json:"central_slot"`
+		Duplicate   bool  `json:"duplicate"`
+	}
+	send := func(slot int64, amount float64) reply {
+		t.Helper()
+		r := protocol.Report{Version: 2, NodeID: "edge-1", Slot: slot,
+			Consumption: protocol.Counts{"front": {"alice": {"traffic_up": amount}}}, Rejection: protocol.Counts{}}
+		status, body := request(t, http.MethodPost, n.c.HTTPAddr(), "/v1/report", r)
+		if status != http.StatusOK {
+			t.Fatalf("report of slot %d: %d %s", slot, status, body)
+		}
+		var got reply
+		if err := json.Unmarshal(body, &got); err != nil {
+			t.Fatalf("reply %s: %v", body, err)
+		}
+		return got
+	}
+
+	first := waitForSlotStart(100 * time.Millisecond)
+	send(first, 100)
+	for slot := first + 1; slot <= first+2; slot++ {
+		waitForSlotStart(100 * time.Millisecond)
+		send(slot, 100)
+	}
+	current := waitForSlotStart(100 * time.Millisecond)
+
+	// A replay of the node's report of three seconds ago arrives before
+	// the node's own report of this second. It is a duplicate of its own
+	// second, and the node's report still counts for this one.
+	replay := send(first, 100)
+	own := send(current, 200)
+
+	if !replay.Duplicate || replay.CentralSlot != first+1 {
+		t.Errorf("replay of slot %d: duplicate %v, central_slot %d; want true, %d (its own second)", first, replay.Duplicate, replay.CentralSlot, first+1)
+	}
+	if own.Duplicate || own.CentralSlot != current+1 {
+		t.Errorf("the node's report of slot %d: duplicate %v, central_slot %d; want false, %d", current, own.Duplicate, own.CentralSlot, current+1)
+	}
+}
