@@ -7,6 +7,7 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -81,9 +82,24 @@ func (a *hclogAdapter) enabled(level hclog.Level) bool {
 	return a.logger.Enabled(context.Background(), slogLevel(level))
 }
 
+// peerUnreachable lists the ERROR messages of hashicorp/raft v1.7.2 about a
+// peer it cannot reach. A peer that is down or restarting brings one on
+// every retry, and the cluster goes on while a majority is up, so they are
+// written as warnings.
+var peerUnreachable = []string{
+	"failed to appendEntries to",
+	"failed to heartbeat to",
+	"failed to make requestVote RPC",
+	"failed to start pipeline replication to",
+	"failed to pipeline appendEntries",
+}
+
 // Log writes msg with the key-value pairs in args at the slog level that
-// matches level.
+// matches level, except that the messages in peerUnreachable are warnings.
 func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
+	if level == hclog.Error && slices.Contains(peerUnreachable, msg) {
+		level = hclog.Warn
+	}
 	if !a.enabled(level) {
 		return
 	}

@@ -149,3 +149,27 @@ func TestHCLogAdapterStandardWriterInfersLevel(t *testing.T) {
 		t.Errorf("untagged line = %v, want level INFO and msg %q", lines[1], "plain line")
 	}
 }
+
+func TestHCLogAdapterWritesUnreachablePeerAsWarning(t *testing.T) {
+	var buf bytes.Buffer
+	logger := newHCLogAdapter(slog.New(slog.NewJSONHandler(&buf, nil)))
+
+	logger.Error("failed to heartbeat to", "peer", "127.0.0.1:7002", "error", errors.New("connection refused"))
+	logger.Error("failed to appendEntries to", "peer", "127.0.0.1:7002", "error", errors.New("connection refused"))
+	logger.Error("failed to commit logs", "error", errors.New("disk full"))
+
+	lines := decodeLines(t, &buf)
+	want := []struct{ msg, level string }{
+		{"failed to heartbeat to", "WARN"},
+		{"failed to appendEntries to", "WARN"},
+		{"failed to commit logs", "ERROR"},
+	}
+	if len(lines) != len(want) {
+		t.Fatalf("got %d lines, want %d: %v", len(lines), len(want), lines)
+	}
+	for i, w := range want {
+		if lines[i]["msg"] != w.msg || lines[i]["level"] != w.level {
+			t.Errorf("line %d: %v at %v, want %q at %s", i, lines[i]["msg"], lines[i]["level"], w.msg, w.level)
+		}
+	}
+}

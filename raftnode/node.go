@@ -315,7 +315,14 @@ func (n *Node) handOverLeadership(ctx context.Context) {
 		n.logger.Warn("leadership transfer before shutdown failed", "duration", time.Since(start), "error", err)
 		return
 	}
+	// The new leader is known here once its first heartbeat arrives, so
+	// wait a little for it before naming it.
 	newID, newAddr := n.Leader()
+	deadline := time.Now().Add(newLeaderWait)
+	for newID == "" && ctx.Err() == nil && time.Now().Before(deadline) {
+		time.Sleep(leaderPollInterval)
+		newID, newAddr = n.Leader()
+	}
 	n.logger.Info("transferred leadership before shutdown", "duration", time.Since(start),
 		"leader_id", newID, "leader_addr", newAddr)
 }
@@ -449,3 +456,7 @@ func (n *Node) WaitForLeader(ctx context.Context) (string, error) {
 
 // leaderPollInterval is how often WaitForLeader checks for a leader.
 const leaderPollInterval = 10 * time.Millisecond
+
+// newLeaderWait bounds the wait for the new leader's first heartbeat after
+// a leadership transfer at shutdown, which only names it in the log.
+const newLeaderWait = time.Second
