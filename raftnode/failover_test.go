@@ -109,9 +109,11 @@ func TestFollowerCatchesUpFromSnapshot(t *testing.T) {
 	if restores := fresh.fsm.Restores(); restores == 0 {
 		t.Errorf("fresh node restored %d snapshots, want at least 1", restores)
 	}
-	if index := mustStats(t, fresh).LastSnapshotIndex; index == 0 {
-		t.Errorf("fresh node's last snapshot index = 0, want the installed snapshot's index")
-	}
+	// Raft restores the FSM before it records the installed snapshot in
+	// its stats, so the index can lag the entries for a moment.
+	waitFor(t, "the fresh node's stats to name the installed snapshot", func() bool {
+		return mustStats(t, fresh).LastSnapshotIndex > 0
+	})
 	mustApply(t, leader, "after-snapshot")
 	waitForEntries(t, append(want, "after-snapshot"), leader, fresh)
 }
