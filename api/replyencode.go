@@ -13,8 +13,9 @@ import (
 
 // appendLuaReply appends {"<service>": {"<slot>": {"<user>": {"<resource>":
 // quota}}}} to buf, byte for byte what encoding/json writes for the same
-// maps (sorted keys, the same escaping and number format), without
-// reflection: the leader encodes one such reply per report.
+// maps with every quota passed through RoundQuota (sorted keys, the same
+// escaping and number format), without reflection: the leader encodes one
+// such reply per report.
 func appendLuaReply(buf []byte, slot string, quotas map[string]protocol.Quotas) []byte {
 	buf = append(buf, '{')
 	for i, service := range sortedKeys(quotas) {
@@ -50,7 +51,7 @@ func appendEncodedLuaReply(buf []byte, slot string, encoded map[string][]byte) [
 }
 
 // AppendQuotas appends one service's quotas, {"<user>": {"<resource>":
-// quota}}, to buf as encoding/json would write them.
+// quota}}, to buf as encoding/json would write them after RoundQuota.
 func AppendQuotas(buf []byte, users protocol.Quotas) []byte {
 	buf = append(buf, '{')
 	for j, user := range sortedKeys(users) {
@@ -67,7 +68,7 @@ func AppendQuotas(buf []byte, users protocol.Quotas) []byte {
 			}
 			buf = appendJSONString(buf, resource)
 			buf = append(buf, ':')
-			buf = appendJSONFloat(buf, resources[resource])
+			buf = appendQuota(buf, resources[resource])
 		}
 		buf = append(buf, '}')
 	}
@@ -98,7 +99,7 @@ func AppendQuotaEntries(buf []byte, entries []quota.QuotaEntry) []byte {
 			}
 			buf = appendJSONString(buf, entry.Resources[index])
 			buf = append(buf, ':')
-			buf = appendJSONFloat(buf, entry.Amounts[index])
+			buf = appendQuota(buf, entry.Amounts[index])
 		}
 		buf = append(buf, '}')
 	}
@@ -117,6 +118,54 @@ func sortedKeysInto[V any](keys []string, m map[string]V) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// Quotas from quotaRoundMin up to quotaRoundMax are written rounded down
+// to a thousandth of a unit. Formatting the shortest representation of
+// every quota took about a tenth of the leader's CPU at 200 nodes of 1,000
+// users, and a thousandth of a byte or a request changes no decision of an
+// edge node. Rounding down never hands out more than the engine assigned.
+const (
+	quotaRoundMin = 1e-3
+	quotaRoundMax = 1e9
+)
+
+// RoundQuota returns the quota that a reply carries for q: q rounded down
+// to a thousandth from quotaRoundMin up to quotaRoundMax, q itself outside
+// that range, so a small quota never becomes 0.
+func RoundQuota(q float64) float64 {
+	if q < quotaRoundMin || q >= quotaRoundMax {
+		return q
+	}
+	return float64(thousandths(q)) / 1000
+}
+
+// thousandths returns q in whole thousandths, rounded down. The nudge
+// keeps a product such as 2.3*1000 = 2299.9999999999995 at 2300.
+func thousandths(q float64) int64 {
+	return int64(q*1000 + 1e-6)
+}
+
+// appendQuota appends RoundQuota(q) as encoding/json writes it. In the
+// rounded range it formats the thousandths as an integer, which is several
+// times faster than strconv's shortest representation.
+func appendQuota(buf []byte, q float64) []byte {
+	if q < quotaRoundMin || q >= quotaRoundMax {
+		return appendJSONFloat(buf, q)
+	}
+	m := thousandths(q)
+	buf = strconv.AppendInt(buf, m/1000, 10)
+	fraction := m % 1000
+	if fraction == 0 {
+		return buf
+	}
+	digits := [3]byte{byte('0' + fraction/100), byte('0' + fraction/10%10), byte('0' + fraction%10)}
+	n := 3
+	for digits[n-1] == '0' {
+		n--
+	}
+	buf = append(buf, '.')
+	return append(buf, digits[:n]...)
 }
 
 // appendJSONFloat formats f as encoding/json does: the shortest

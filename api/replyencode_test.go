@@ -12,12 +12,20 @@ import (
 	"github.com/throttlecentral/throttle-central/quota"
 )
 
-// marshalLuaReply is the reference: what encoding/json writes.
+// marshalLuaReply is the reference: what encoding/json writes for the
+// quotas passed through RoundQuota.
 func marshalLuaReply(t testing.TB, slot string, quotas map[string]protocol.Quotas) []byte {
 	t.Helper()
 	byService := make(map[string]map[string]protocol.Quotas, len(quotas))
 	for service, q := range quotas {
-		byService[service] = map[string]protocol.Quotas{slot: q}
+		rounded := make(protocol.Quotas, len(q))
+		for user, resources := range q {
+			rounded[user] = make(map[string]float64, len(resources))
+			for resource, amount := range resources {
+				rounded[user][resource] = RoundQuota(amount)
+			}
+		}
+		byService[service] = map[string]protocol.Quotas{slot: rounded}
 	}
 	data, err := json.Marshal(byService)
 	if err != nil {
@@ -28,7 +36,7 @@ func marshalLuaReply(t testing.TB, slot string, quotas map[string]protocol.Quota
 
 func TestLuaReplyMatchesEncodingJSON(t *testing.T) {
 	names := []string{"alice", "a\"b", `c\d`, "<tag>&", "ü", "日本", "x\u2028y", "tab\there", "\x01", "bad\xffutf8", ""}
-	floats := []float64{0, 1, 0.5, 1048576, 1.2345678901234e+14, 1e21, 1e-7, 123456789.125, 3e-300, math.MaxFloat64, 53.333333333333336, -0}
+	floats := []float64{0, 1, 0.5, 1048576, 1.2345678901234e+14, 1e21, 1e-7, 123456789.125, 3e-300, math.MaxFloat64, 53.333333333333336, -0, 2.3, 0.0004, 999999999.9999}
 	quotas := map[string]protocol.Quotas{}
 	for i, service := range names[:4] {
 		users := protocol.Quotas{}
@@ -110,10 +118,44 @@ func TestQuotaEntriesMatchQuotas(t *testing.T) {
 	}
 }
 
+func TestQuotasRoundedDownToThousandths(t *testing.T) {
+	for _, tc := range []struct {
+		quota float64
+		want  string
+	}{
+		{0, "0"},
+		{3, "3"},
+		{2.3, "2.3"},
+		{1048576.5, "1048576.5"},
+		{53.333333333333336, "53.333"},
+		{1996.0079840319362, "1996.007"},
+		{0.001, "0.001"},
+		{0.0019999, "0.001"},
+		// Below a thousandth and from 1e9 on, quotas are written exactly,
+		// so a small quota never becomes 0.
+		{0.0004, "0.0004"},
+		{1e-7, "1e-7"},
+		{999999999.9999, "999999999.999"},
+		{1e9 + 0.5, "1000000000.5"},
+	} {
+		if got := string(appendQuota(nil, tc.quota)); got != tc.want {
+			t.Errorf("quota %v is written as %s, want %s", tc.quota, got, tc.want)
+		}
+		if got := RoundQuota(tc.quota); got > tc.quota {
+			t.Errorf("RoundQuota(%v) = %v, more than the quota", tc.quota, got)
+		}
+	}
+}
+
 func TestLuaReplyRandomFloats(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	for i := 0; i < 20000; i++ {
+	for i := 0; i < 40000; i++ {
 		f := math.Float64frombits(rng.Uint64())
+		if i%2 == 1 {
+			// Random bits are rarely in the rounded range; half the cases
+			// are quota-sized.
+			f = rng.Float64() * math.Pow(10, float64(rng.IntN(13)-4))
+		}
 		if math.IsNaN(f) || math.IsInf(f, 0) {
 			continue
 		}
@@ -146,6 +188,35 @@ func BenchmarkEncodeLuaReply(b *testing.B) {
 	b.Run("encoding-json", func(b *testing.B) {
 		for b.Loop() {
 			marshalLuaReply(b, "1796411857", quotas)
+		}
+	})
+}
+
+// BenchmarkQuotaFormat compares writing 4,000 quotas as split shares of a
+// limit (fractions with 16 or 17 significant digits) in the shortest
+// representation, as encoding/json does, and rounded to thousandths, as
+// replies do.
+func BenchmarkQuotaFormat(b *testing.B) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	quotas := make([]float64, 4000)
+	for i := range quotas {
+		quotas[i] = 1_000_000 / 500 * (0.5 + rng.Float64())
+	}
+	buf := make([]byte, 0, 100_000)
+	b.Run("shortest", func(b *testing.B) {
+		for b.Loop() {
+			buf = buf[:0]
+			for _, q := range quotas {
+				buf = appendJSONFloat(buf, q)
+			}
+		}
+	})
+	b.Run("thousandths", func(b *testing.B) {
+		for b.Loop() {
+			buf = buf[:0]
+			for _, q := range quotas {
+				buf = appendQuota(buf, q)
+			}
 		}
 	})
 }
