@@ -107,7 +107,13 @@ func (s *Server) removeServer(c echo.Context) error {
 		return err
 	}
 	s.log.Info("server removed", slog.String("node_id", id))
-	if id != s.cfg.NodeID && target.HTTPAddr != "" {
+	switch {
+	case id == s.cfg.NodeID && s.cfg.Removal != nil:
+		// The leader removed itself: it is the removed central.
+		if err := s.markRemoved(RemovalNotice{NodeID: id, Leader: id, At: removedAt}); err != nil {
+			return err
+		}
+	case id != s.cfg.NodeID && target.HTTPAddr != "":
 		go s.tellRemoved(id, target.HTTPAddr, removedAt)
 	}
 	return c.NoContent(http.StatusNoContent)

@@ -12,15 +12,16 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/throttlecentral/throttle-central/quota"
 )
 
 // Removal keeps the notice that the leader removed this central from the
 // cluster. A removed central no longer receives log entries, so without the
 // notice it would keep serving reads of limits that are no longer updated.
 type Removal interface {
-	// MarkRemoved records the notice of the leader leaderID. The record
-	// must survive a restart.
-	MarkRemoved(leaderID string, at time.Time) error
+	// MarkRemoved records the notice. The record must survive a restart.
+	MarkRemoved(notice RemovalNotice) error
 	// Removed returns the notice, if there is one.
 	Removed() (RemovalNotice, bool)
 }
@@ -51,21 +52,30 @@ func (s *Server) removedNotice(c echo.Context) error {
 	}
 	switch {
 	case notice.NodeID != s.cfg.NodeID:
-		return newError(http.StatusBadRequest, CodeInvalid, fmt.Sprintf("node_id is %q, but this central is %q", notice.NodeID, s.cfg.NodeID))
+		return fmt.Errorf("%w: node_id is %q, but this central is %q", quota.ErrInvalid, notice.NodeID, s.cfg.NodeID)
 	case notice.Leader == "":
-		return newError(http.StatusBadRequest, CodeInvalid, "leader is missing")
+		return fmt.Errorf("%w: leader is missing", quota.ErrInvalid)
 	case s.cfg.Removal == nil:
 		return newError(http.StatusServiceUnavailable, CodeUnavailable, "this central cannot record a removal")
 	}
 	if notice.At.IsZero() {
 		notice.At = s.now()
 	}
-	if err := s.cfg.Removal.MarkRemoved(notice.Leader, notice.At); err != nil {
+	if err := s.markRemoved(notice); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+// markRemoved records the removal notice and logs it.
+func (s *Server) markRemoved(notice RemovalNotice) error {
+	if err := s.cfg.Removal.MarkRemoved(notice); err != nil {
+		s.log.Error("recording the removal notice failed", slog.String("leader", notice.Leader), slog.Any("error", err))
 		return err
 	}
 	s.log.Error("this central was removed from the cluster and now returns 503 to every request but health and metrics; stop it, or delete its data directory and start it again with --join",
 		slog.String("leader", notice.Leader), slog.Time("at", notice.At))
-	return c.NoContent(http.StatusNoContent)
+	return nil
 }
 
 // refuseIfRemoved returns 503 for requests that would read or change the

@@ -4,7 +4,8 @@ import (
 	"net/http"
 	"sync"
 	"testing"
-	"time"
+
+	"github.com/throttlecentral/throttle-central/raftnode"
 )
 
 // fakeRemoval is a Removal in memory.
@@ -13,10 +14,10 @@ type fakeRemoval struct {
 	notice *RemovalNotice
 }
 
-func (f *fakeRemoval) MarkRemoved(leaderID string, at time.Time) error {
+func (f *fakeRemoval) MarkRemoved(notice RemovalNotice) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.notice = &RemovalNotice{Leader: leaderID, At: at}
+	f.notice = &notice
 	return nil
 }
 
@@ -57,4 +58,24 @@ func TestRemovalNoticeMakesCentralRefuseRequests(t *testing.T) {
 	// A repeated notice is accepted, so a leader that retries succeeds.
 	rec = node.do(t, http.MethodPost, "/v1/cluster/removed", `{"node_id": "central-2", "leader": "central-1"}`)
 	wantStatus(t, rec, http.StatusNoContent)
+}
+
+func TestLeaderThatRemovesItselfRefusesRequests(t *testing.T) {
+	removal := &fakeRemoval{}
+	node := newTestNode(t, leaderID, true, func(cfg *Config) { cfg.Removal = removal })
+	node.cluster.set(func(c *fakeCluster) {
+		c.servers = []raftnode.Server{
+			{ID: leaderID, Address: leaderRaftAddr, Suffrage: "Voter"},
+			{ID: "central-2", Address: "127.0.0.1:7002", Suffrage: "Voter"},
+		}
+	})
+
+	wantStatus(t, node.do(t, http.MethodDelete, "/v1/cluster/servers/"+leaderID, ""), http.StatusNoContent)
+
+	notice, removed := removal.Removed()
+	if !removed || notice.NodeID != leaderID || notice.Leader != leaderID {
+		t.Fatalf("notice %+v, removed %v; want this leader's own removal", notice, removed)
+	}
+	body := wantError(t, node.do(t, http.MethodGet, "/v1/limits", ""), http.StatusServiceUnavailable, CodeRemoved)
+	wantMessageContains(t, body, `leader "central-1"`)
 }

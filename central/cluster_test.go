@@ -325,6 +325,25 @@ func TestRunningRemovedServerIsToldAndRefusesRequests(t *testing.T) {
 	}
 }
 
+func TestRemovedLeaderRefusesRequests(t *testing.T) {
+	nodes := startCluster(t, 3)
+	leader := nodeByID(t, nodes, waitForCluster(t, nodes))
+
+	status, body := request(t, http.MethodDelete, leader.c.HTTPAddr(), "/v1/cluster/servers/"+leader.id(), nil)
+	if status != http.StatusNoContent {
+		t.Fatalf("DELETE the leader %s: %d %s", leader.id(), status, body)
+	}
+
+	status, body = request(t, http.MethodGet, leader.c.HTTPAddr(), "/v1/limits", nil)
+	if status != http.StatusServiceUnavailable || !strings.Contains(string(body), `"removed"`) {
+		t.Errorf("GET limits on the removed leader: %d %s, want 503 removed", status, body)
+	}
+	status, body = request(t, http.MethodGet, leader.c.HTTPAddr(), "/readyz", nil)
+	if status != http.StatusServiceUnavailable || !strings.Contains(string(body), "removed from the cluster") {
+		t.Errorf("readyz of the removed leader: %d %s, want 503 naming the removal", status, body)
+	}
+}
+
 func TestNotReadyWithoutLeader(t *testing.T) {
 	// A node started without --bootstrap and without --join has no leader.
 	n := startNode(t, "lonely", false, nil)

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/throttlecentral/throttle-central/api"
 )
@@ -47,10 +46,10 @@ func loadRemoval(dataDir string) (*removal, error) {
 
 // MarkRemoved records the notice, first in the file, so that a restart
 // keeps it.
-func (r *removal) MarkRemoved(leaderID string, at time.Time) error {
+func (r *removal) MarkRemoved(notice api.RemovalNotice) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	notice := api.RemovalNotice{Leader: leaderID, At: at.UTC()}
+	notice.At = notice.At.UTC()
 	data, err := json.Marshal(notice)
 	if err != nil {
 		return err
