@@ -38,11 +38,11 @@ func run(args []string) error {
 	limit := flags.Float64("limit", demo.DefaultLimit, "alice's limit in bytes per second")
 	size := flags.Float64("request-size", demo.DefaultRequestSize, "bytes of one simulated request")
 	demand := flags.Float64("demand", demo.DefaultDemand, "offered load as a multiple of the limit")
-	if err := flags.Parse(args); err != nil {
+	if err := cli.ParseTool(flags, args, os.Stdout); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
-		return cli.ExplainParseError(flags, err)
+		return err
 	}
 	if flags.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q; run with -h for the flags", flags.Arg(0))

@@ -29,7 +29,10 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:], os.Stdout); err != nil {
+	err := run(os.Args[1:], os.Stdout)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "throttle-load:", err)
 		os.Exit(2)
 	}
@@ -64,8 +67,8 @@ func parse(args []string) (config, error) {
 	flags.BoolVar(&c.limitChanges, "limit-changes", true, "change one user's limit every second while reporting")
 	flags.BoolVar(&c.insecure, "tls-skip-verify", false, "use https without verifying the centrals' certificates")
 	flags.BoolVar(&c.asJSON, "json", false, "print the result as one JSON object")
-	if err := flags.Parse(args); err != nil {
-		return c, cli.ExplainParseError(flags, err)
+	if err := cli.ParseTool(flags, args, os.Stdout); err != nil {
+		return c, err
 	}
 	c.scheme = "http"
 	if c.insecure {

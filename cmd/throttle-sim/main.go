@@ -35,8 +35,8 @@ func run(args []string, stdout io.Writer) error {
 	only := flags.String("scenario", "", "run only the scenarios with these comma-separated names (default all)")
 	list := flags.Bool("list", false, "list the scenarios and exit")
 	trace := flags.Bool("trace", false, "also print each slot's admitted amount over the limit, per scenario and mode")
-	if err := flags.Parse(args); err != nil {
-		return cli.ExplainParseError(flags, err)
+	if err := cli.ParseTool(flags, args, stdout); err != nil {
+		return err
 	}
 	if flags.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q; see -help", flags.Arg(0))

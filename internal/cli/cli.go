@@ -136,7 +136,7 @@ type Command struct {
 // Positional arguments are an error.
 func Parse(flags *flag.FlagSet, args []string, cmd Command, help io.Writer, lookup func(string) (string, bool)) error {
 	flags.SetOutput(io.Discard)
-	flags.String(ConfigFlag, "", "file of settings, one \"name = value\" a line with the flag names without dashes; the command line wins over the environment, and the environment over the file")
+	flags.String(ConfigFlag, "", "file of settings, one \"name = value\" a line with the flag names without the leading dashes (log-level = debug); the command line wins over the environment, and the environment over the file")
 	flags.Usage = func() {
 		if !HelpRequested(args) {
 			return
@@ -158,6 +158,28 @@ func Parse(flags *flag.FlagSet, args []string, cmd Command, help io.Writer, look
 	return nil
 }
 
+// ParseTool parses the flags of a tool without environment variables or a
+// config file. On -h or --help it writes the flag list to help and returns
+// flag.ErrHelp. An invalid flag gives an error from ExplainParseError with
+// a hint to --help, without the flag package's usage dump.
+func ParseTool(flags *flag.FlagSet, args []string, help io.Writer) error {
+	flags.SetOutput(io.Discard)
+	flags.Usage = func() {
+		if HelpRequested(args) {
+			fmt.Fprintf(help, "Usage of %s:\n", flags.Name())
+			flags.SetOutput(help)
+			flags.PrintDefaults()
+			flags.SetOutput(io.Discard)
+		}
+	}
+	err := flags.Parse(args)
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return err
+	}
+	return fmt.Errorf("%w; run %s --help for the flags", ExplainParseError(flags, err), flags.Name())
+}
+
 // invalidValue matches the flag package's error for a value its own flag
 // types cannot parse.
 var invalidValue = regexp.MustCompile(`^invalid (?:boolean )?value (".*") for (?:flag )?-(\S+): (.*)$`)
@@ -174,7 +196,11 @@ func ExplainParseError(flags *flag.FlagSet, err error) error {
 	if f == nil {
 		return err
 	}
-	return fmt.Errorf("invalid value %s for flag --%s: %s", m[1], f.Name, explainValueError(f, errors.New(m[3])))
+	dashes := "--"
+	if len(f.Name) == 1 {
+		dashes = "-"
+	}
+	return fmt.Errorf("invalid value %s for flag %s%s: %s", m[1], dashes, f.Name, explainValueError(f, errors.New(m[3])))
 }
 
 // explainValueError returns the message of err, a failed Set of flag f,
@@ -260,7 +286,7 @@ func NewLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 
 // ApplyConfigFile sets every flag of flags that neither the command line
 // nor the environment set from the file at path: one "name = value" a line,
-// name being the flag name without dashes, with blank lines and lines
+// name being the flag name without the leading dashes, with blank lines and lines
 // starting with # ignored. given lists the flags already set. An unknown
 // name, a line without "=" or an invalid value is an error naming the line.
 func ApplyConfigFile(flags *flag.FlagSet, path string, given map[string]bool) error {
@@ -281,7 +307,7 @@ func ApplyConfigFile(flags *flag.FlagSet, path string, given map[string]bool) er
 		case !found:
 			return fmt.Errorf("%s line %d: %q is not name = value", path, number, line)
 		case flags.Lookup(name) == nil:
-			return fmt.Errorf("%s line %d: unknown setting %q; the names are the flag names without dashes, see --help", path, number, name)
+			return fmt.Errorf("%s line %d: unknown setting %q; use a flag name without the leading dashes, such as log-level, see --help", path, number, name)
 		case name == "config":
 			return fmt.Errorf("%s line %d: a config file cannot name another config file", path, number)
 		case seen[name] > 0:

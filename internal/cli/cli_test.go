@@ -280,3 +280,40 @@ func TestInvalidNumbersAndBooleansSayWhatIsExpected(t *testing.T) {
 		t.Errorf("config file: error %v, want one containing %s", err, want)
 	}
 }
+
+func TestParseToolExplainsErrorsAndPrintsHelpOnRequest(t *testing.T) {
+	newFlags := func() *flag.FlagSet {
+		flags := flag.NewFlagSet("tool", flag.ContinueOnError)
+		flags.Int("nodes", 1, "simulated nodes")
+		flags.String("o", "table", "output format")
+		return flags
+	}
+
+	var help bytes.Buffer
+	err := ParseTool(newFlags(), []string{"--nodes", "many"}, &help)
+	want := `invalid value "many" for flag --nodes: must be a whole number, such as 10; run tool --help for the flags`
+	if err == nil || err.Error() != want {
+		t.Errorf("invalid value: error %v, want %s", err, want)
+	}
+	if help.Len() != 0 {
+		t.Errorf("help written without a request: %q", help.String())
+	}
+
+	if err := ParseTool(newFlags(), []string{"-o"}, &help); err == nil || !strings.Contains(err.Error(), "flag needs an argument: -o") {
+		t.Errorf("missing value of a one-letter flag: error %v", err)
+	}
+
+	err = ParseTool(newFlags(), []string{"--help"}, &help)
+	if err != flag.ErrHelp || !strings.Contains(help.String(), "simulated nodes") {
+		t.Errorf("--help: error %v and help %q, want flag.ErrHelp and the flag list", err, help.String())
+	}
+}
+
+func TestOneLetterFlagKeepsOneDash(t *testing.T) {
+	flags := flag.NewFlagSet("tool", flag.ContinueOnError)
+	flags.Int("n", 1, "")
+	err := ParseTool(flags, []string{"-n", "x"}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), `invalid value "x" for flag -n:`) {
+		t.Errorf("error %v, want one naming flag -n", err)
+	}
+}
