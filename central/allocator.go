@@ -286,8 +286,12 @@ func (a *allocator) Report(r *protocol.Report) (api.ReportReply, error) {
 	}
 	measured := slotOffset(a.now(), r.Slot)
 	if measured > maxClockOffset || measured < -maxClockOffset {
-		return api.ReportReply{}, fmt.Errorf("%w: slot_number %d is %d s away from the central's clock; an edge node's clock must be within %d s (a day) of it, so check the clock of node %q",
-			quota.ErrInvalid, r.Slot, -measured, maxClockOffset, r.NodeID)
+		direction := "behind"
+		if measured < 0 {
+			direction = "ahead of"
+		}
+		return api.ReportReply{}, fmt.Errorf("%w: slot_number %d is %d s %s the central's clock; an edge node's clock must be within %d s (a day) of it, so check the clock of node %q, and that slot_number is a unix second",
+			quota.ErrInvalid, r.Slot, max(measured, -measured), direction, maxClockOffset, r.NodeID)
 	}
 	offset := a.noteOffset(r.NodeID, r.Slot, measured)
 	local := *r

@@ -12,7 +12,10 @@
 # HTTP_PORT_BASE, RAFT_PORT_BASE, GOSSIP_PORT_BASE (the first node's ports;
 # the others add 1 and 2), DATA_DIR, HOST (an IP address, because gossip
 # binds IPs only) and BIN (the throttle-central binary, default
-# bin/throttle-central).
+# bin/throttle-central). WAIT_SECONDS (default 30) bounds the wait for a
+# ready cluster. With THROTTLE_TOKEN_FILE set, the centrals require tokens,
+# and this script reads the cluster with the file's first read or admin
+# token (or CLUSTER_TOKEN when set).
 set -euo pipefail
 
 HOST=${HOST:-127.0.0.1}
@@ -24,6 +27,18 @@ BIN=${BIN:-bin/throttle-central}
 NODES=3
 SETSID=$(command -v setsid || true)
 WAIT_SECONDS=${WAIT_SECONDS:-30}
+
+# auth holds the curl arguments that send the token of GET /v1/cluster.
+auth=()
+token=${CLUSTER_TOKEN:-}
+if [[ -z $token && -n ${THROTTLE_TOKEN_FILE:-} ]]; then
+	[[ -r $THROTTLE_TOKEN_FILE ]] || { echo "THROTTLE_TOKEN_FILE $THROTTLE_TOKEN_FILE is not readable" >&2; exit 1; }
+	token=$(awk '$1 == "read" || $1 == "admin" { print $2; exit }' "$THROTTLE_TOKEN_FILE")
+	[[ -n $token ]] || { echo "THROTTLE_TOKEN_FILE $THROTTLE_TOKEN_FILE has no read or admin token" >&2; exit 1; }
+fi
+if [[ -n $token ]]; then
+	auth=(-H "Authorization: Bearer $token")
+fi
 
 http_addr() { echo "$HOST:$((HTTP_PORT_BASE + $1 - 1))"; }
 raft_addr() { echo "$HOST:$((RAFT_PORT_BASE + $1 - 1))"; }
@@ -100,7 +115,7 @@ wait_for_cluster() {
 		done
 		leaders=()
 		for n in $(seq 1 $NODES); do
-			status=$(curl -sf "http://$(http_addr "$n")/v1/cluster" 2>/dev/null) || continue
+			status=$(curl -sf "${auth[@]}" "http://$(http_addr "$n")/v1/cluster" 2>/dev/null) || continue
 			if [[ $(grep -o '"suffrage"' <<<"$status" | wc -l) -eq $NODES ]]; then
 				leaders+=("$(sed -n 's/.*"leader":"\([^"]*\)".*/\1/p' <<<"$status")")
 			fi
@@ -177,7 +192,7 @@ status() {
 		fi
 	done
 	for n in $(seq 1 $NODES); do
-		if curl -sf "http://$(http_addr "$n")/v1/cluster"; then
+		if curl -sf "${auth[@]}" "http://$(http_addr "$n")/v1/cluster"; then
 			echo
 			return 0
 		fi
