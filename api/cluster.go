@@ -59,7 +59,7 @@ func (s *Server) join(c echo.Context) error {
 	}
 
 	if removedAt, ok := s.cfg.State.Tombstone(req.NodeID); ok && req.HasState {
-		s.log.Warn("rejected join of a removed server that kept its data", slog.String("node_id", req.NodeID))
+		s.log.Warn("rejected join of a removed server that kept its data", slog.String("server_id", req.NodeID))
 		return newError(http.StatusConflict, CodeConflict, fmt.Sprintf(
 			"server %q was removed from the cluster at %s and still has its old Raft data; stop it, delete its data directory and start it again with --join, or start it with a new --node-id",
 			req.NodeID, time.UnixMilli(removedAt).UTC().Format(time.RFC3339)))
@@ -71,7 +71,7 @@ func (s *Server) join(c echo.Context) error {
 	if err := s.apply(c.Request().Context(), cmd); err != nil {
 		return err
 	}
-	s.log.Info("server joined", slog.String("node_id", req.NodeID),
+	s.log.Info("server joined", slog.String("server_id", req.NodeID),
 		slog.String("raft_addr", req.RaftAddr), slog.String("http_addr", req.HTTPAddr))
 	return c.JSON(http.StatusOK, map[string]any{"joined": req.NodeID, "leader": s.cfg.NodeID})
 }
@@ -106,7 +106,7 @@ func (s *Server) removeServer(c echo.Context) error {
 		}
 		return err
 	}
-	s.log.Info("server removed", slog.String("node_id", id))
+	s.log.Info("server removed", slog.String("server_id", id))
 	switch {
 	case id == s.cfg.NodeID && s.cfg.Removal != nil:
 		// The leader removed itself: it is the removed central.

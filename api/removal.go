@@ -126,7 +126,7 @@ func (s *Server) tellRemoved(id, httpAddr string, at time.Time) {
 	body, _ := json.Marshal(RemovalNotice{NodeID: id, Leader: s.cfg.NodeID, At: at})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.leaderURL(httpAddr, "/v1/cluster/removed"), bytes.NewReader(body))
 	if err != nil {
-		s.log.Warn("sending the removal notice failed", slog.String("node_id", id), slog.Any("error", err))
+		s.log.Warn("sending the removal notice failed", slog.String("server_id", id), slog.Any("error", err))
 		return
 	}
 	req.Header.Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
@@ -135,15 +135,15 @@ func (s *Server) tellRemoved(id, httpAddr string, at time.Time) {
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
-		s.log.Warn("sending the removal notice failed; the removed central keeps serving its last state until it is stopped", slog.String("node_id", id), slog.String("http_addr", httpAddr), slog.Any("error", err))
+		s.log.Warn("sending the removal notice failed; the removed central keeps serving its last state until it is stopped", slog.String("server_id", id), slog.String("http_addr", httpAddr), slog.Any("error", err))
 		return
 	}
 	defer resp.Body.Close()
 	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 	if resp.StatusCode != http.StatusNoContent {
-		s.log.Warn("the removed central rejected the removal notice", slog.String("node_id", id), slog.String("http_addr", httpAddr),
+		s.log.Warn("the removed central rejected the removal notice", slog.String("server_id", id), slog.String("http_addr", httpAddr),
 			slog.Int("status", resp.StatusCode), slog.String("response", string(answer)))
 		return
 	}
-	s.log.Info("sent the removal notice", slog.String("node_id", id), slog.String("http_addr", httpAddr))
+	s.log.Info("sent the removal notice", slog.String("server_id", id), slog.String("http_addr", httpAddr))
 }

@@ -108,7 +108,7 @@ func (s *Server) throttle(c echo.Context) error {
 				// The library has closed the socket with 1009 (message too big).
 				s.metrics.rejectedInput.WithLabelValues(reasonFrameSize).Inc()
 				s.log.Warn("closed a report WebSocket: frame larger than the maximum", slog.String("remote", req.RemoteAddr),
-					slog.String("node_id", nodeID), slog.Int("max_bytes", MaxFrame))
+					slog.String("edge_node", nodeID), slog.Int("max_bytes", MaxFrame))
 			case websocket.CloseStatus(err) == -1 && !errors.Is(err, io.EOF) && ctx.Err() == nil:
 				s.log.Debug("WebSocket read ended", slog.String("remote", req.RemoteAddr), slog.Any("error", err))
 			}
@@ -123,7 +123,7 @@ func (s *Server) throttle(c echo.Context) error {
 			if id != "" && !s.metrics.nodeSockets.acquire(id) {
 				s.metrics.rejectedInput.WithLabelValues(reasonNodeSockets).Inc()
 				s.log.Warn("closed a report WebSocket: its node already has the maximum number of open sockets",
-					slog.String("remote", req.RemoteAddr), slog.String("node_id", id), slog.Int("max_sockets", MaxSocketsPerNode))
+					slog.String("remote", req.RemoteAddr), slog.String("edge_node", id), slog.Int("max_sockets", MaxSocketsPerNode))
 				conn.Close(websocket.StatusPolicyViolation, socketLimitReason)
 				return nil
 			}
@@ -384,7 +384,7 @@ func (s *Server) fitFrame(r *protocol.Report, reply ReportReply) []byte {
 	}
 	quotas, err := reply.quotaMaps()
 	if err != nil {
-		s.log.Error("cannot trim a reply that does not fit in one WebSocket frame", slog.String("node_id", r.NodeID), slog.Any("error", err))
+		s.log.Error("cannot trim a reply that does not fit in one WebSocket frame", slog.String("edge_node", r.NodeID), slog.Any("error", err))
 		return errorFrame(err)
 	}
 	reply.Quotas, reply.Encoded = quotas, nil
@@ -439,7 +439,7 @@ func (s *Server) fitFrame(r *protocol.Report, reply ReportReply) []byte {
 	}
 	s.metrics.replyOverflow.Inc()
 	s.log.Warn("reply too large for one WebSocket frame; left out the users with the largest quotas",
-		slog.String("node_id", r.NodeID), slog.Int("users", len(entries)), slog.Int("kept", kept),
+		slog.String("edge_node", r.NodeID), slog.Int("users", len(entries)), slog.Int("kept", kept),
 		slog.String("slot", strconv.FormatInt(reply.NodeSlot, 10)))
 	return out
 }

@@ -344,10 +344,10 @@ func (a *allocator) noteOffset(node string, slot, measured int64) int64 {
 	a.metrics.offset.WithLabelValues(node).Set(float64(offset))
 	if changed {
 		a.log.Warn("edge node clock is off by whole seconds; its slots are mapped onto the central's",
-			slog.String("node_id", node), slog.Int64("offset_seconds", offset), slog.Int64("previous_offset_seconds", previous))
+			slog.String("edge_node", node), slog.Int64("offset_seconds", offset), slog.Int64("previous_offset_seconds", previous))
 	} else if known && measured != offset {
 		a.log.Debug("report arrived later than its node's clock offset explains; it counts for its own second",
-			slog.String("node_id", node), slog.Int64("slot_number", slot), slog.Int64("offset_seconds", offset), slog.Int64("arrival_offset_seconds", measured))
+			slog.String("edge_node", node), slog.Int64("slot_number", slot), slog.Int64("offset_seconds", offset), slog.Int64("arrival_offset_seconds", measured))
 	}
 	return offset
 }
