@@ -417,7 +417,11 @@ func (c *Central) Close(ctx context.Context) error {
 	// above and before it saw the cancelled context.
 	c.alloc.stop()
 	err := errors.Join(errs...)
-	c.log.Info("central stopped", slog.Duration("duration", time.Since(start)), slog.Any("error", err))
+	if err != nil {
+		c.log.Warn("central stopped, with errors during the shutdown", slog.Duration("duration", time.Since(start)), slog.Any("error", err))
+	} else {
+		c.log.Info("central stopped", slog.Duration("duration", time.Since(start)))
+	}
 	return err
 }
 

@@ -253,6 +253,9 @@ func (p *Pool) joinWithRetry(ctx context.Context) {
 	delay := min(500*time.Millisecond, p.cfg.ReconnectInterval)
 	for round := 1; ; round++ {
 		contacted, err := p.list.Join(p.cfg.Join)
+		if p.stopping.Load() {
+			return // a join that ended after Shutdown is not news
+		}
 		if contacted > 0 {
 			p.log.Info("joined the gossip pool", slog.Int("contacted", contacted), slog.Int("round", round),
 				slog.Int("members", p.list.NumMembers()))
