@@ -77,8 +77,8 @@ func AppendQuotas(buf []byte, users protocol.Quotas) []byte {
 
 // AppendQuotaEntries appends the quotas of one service, {"<user>":
 // {"<resource>": quota}}, from the engine's entries of one node, which
-// must all be of that service and sorted by user. The output is the same
-// as AppendQuotas for the same quotas.
+// must all be of that service. Users are written in the order of entries,
+// so the output is the same as AppendQuotas when they are sorted by user.
 func AppendQuotaEntries(buf []byte, entries []quota.QuotaEntry) []byte {
 	buf = append(buf, '{')
 	for j, entry := range entries {
@@ -105,6 +105,23 @@ func AppendQuotaEntries(buf []byte, entries []quota.QuotaEntry) []byte {
 	}
 	return append(buf, '}')
 }
+
+// QuotaEntriesSize returns at least the size that AppendQuotaEntries writes
+// for entries whose names need no escape, so such a buffer never grows.
+func QuotaEntriesSize(entries []quota.QuotaEntry) int {
+	size := 2
+	for _, entry := range entries {
+		size += len(entry.User) + 6
+		for _, resource := range entry.Resources {
+			size += len(resource) + 4 + maxQuotaLength
+		}
+	}
+	return size
+}
+
+// maxQuotaLength is the length of the longest number appendQuota writes,
+// such as -1.2345678901234567e-300.
+const maxQuotaLength = 24
 
 func sortedKeys[V any](m map[string]V) []string {
 	return sortedKeysInto(make([]string, 0, len(m)), m)

@@ -220,3 +220,15 @@ func BenchmarkQuotaFormat(b *testing.B) {
 		}
 	})
 }
+
+func TestQuotaEntriesSizeIsEnough(t *testing.T) {
+	entries := []quota.QuotaEntry{
+		{Service: "front", User: "alice", Resources: []string{"traffic_up", "db"}, Amounts: []float64{-1.2345678901234567e-300, 1.7976931348623157e308}},
+		{Service: "front", User: "bob", Resources: []string{"requests"}, Amounts: []float64{53.333333333333336}},
+		{Service: "front", User: "carol", Resources: []string{"x"}, Amounts: []float64{-0.000123456789012345}},
+	}
+	size := QuotaEntriesSize(entries)
+	if got := AppendQuotaEntries(make([]byte, 0, size), entries); len(got) > size {
+		t.Errorf("encoded %d bytes (%s), more than QuotaEntriesSize %d", len(got), got, size)
+	}
+}

@@ -39,20 +39,20 @@ var emptyQuotas = []byte("{}")
 func (c *replyCache) fill(e *quota.Engine, slot int64) {
 	nodes := make(map[string]map[string][]byte)
 	e.EachNodeQuotas(slot, func(node string, entries []quota.QuotaEntry) {
-		slices.SortFunc(entries, func(a, b quota.QuotaEntry) int {
-			// cmp.Or would compare the users even when the services differ.
-			if c := strings.Compare(a.Service, b.Service); c != 0 {
-				return c
-			}
-			return strings.Compare(a.User, b.User)
-		})
+		// The entries are grouped by service, which is all the encoding
+		// needs: the users of a service may come in any order. Sorting them
+		// took about a twentieth of the leader's CPU at 500 nodes.
+		if !oneService(entries) {
+			slices.SortStableFunc(entries, func(a, b quota.QuotaEntry) int { return strings.Compare(a.Service, b.Service) })
+		}
 		byService := make(map[string][]byte)
 		for start := 0; start < len(entries); {
 			end := start + 1
 			for end < len(entries) && entries[end].Service == entries[start].Service {
 				end++
 			}
-			byService[entries[start].Service] = api.AppendQuotaEntries(make([]byte, 0, 80*(end-start)+2), entries[start:end])
+			group := entries[start:end]
+			byService[entries[start].Service] = api.AppendQuotaEntries(make([]byte, 0, api.QuotaEntriesSize(group)), group)
 			start = end
 		}
 		nodes[node] = byService
@@ -68,6 +68,16 @@ func (c *replyCache) fill(e *quota.Engine, slot int64) {
 			delete(c.slots, s)
 		}
 	}
+}
+
+// oneService reports whether every entry is of the same service.
+func oneService(entries []quota.QuotaEntry) bool {
+	for i := 1; i < len(entries); i++ {
+		if entries[i].Service != entries[0].Service {
+			return false
+		}
+	}
+	return true
 }
 
 // lookup returns the encoded quotas of node for slot, for each of services,
