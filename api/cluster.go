@@ -65,6 +65,10 @@ func (s *Server) join(c echo.Context) error {
 			req.NodeID, time.UnixMilli(removedAt).UTC().Format(time.RFC3339)))
 	}
 	if err := s.cfg.Cluster.Join(req.NodeID, req.RaftAddr); err != nil {
+		if errors.Is(err, raftnode.ErrPeerRejected) {
+			s.log.Warn("rejected the join of a server that failed the Raft TLS check", slog.String("server_id", req.NodeID),
+				slog.String("raft_addr", req.RaftAddr), slog.Any("error", err))
+		}
 		return err
 	}
 	cmd := fsm.SetServerCommand{ID: req.NodeID, HTTPAddr: req.HTTPAddr, RaftAddr: req.RaftAddr}

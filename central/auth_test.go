@@ -341,6 +341,9 @@ func TestRaftTLSClusterReplicatesAndKeepsIntruderOut(t *testing.T) {
 	})
 	select {
 	case err := <-intruder.c.Fatal():
+		if !clusterLog.contains("rejected the join of a server that failed the Raft TLS check") {
+			t.Errorf("the leader logged no line about the rejected join")
+		}
 		for _, want := range []string{"HTTP 400", "Raft TLS check", "--tls-ca"} {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("the intruder stopped with %q, want it to contain %q", err, want)

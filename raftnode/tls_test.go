@@ -1,7 +1,6 @@
 package raftnode
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -14,7 +13,6 @@ import (
 	"math/big"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -95,25 +93,6 @@ var loopback = net.IPv4(127, 0, 0, 1)
 // trusts the CA trusted.
 func mutualTLS(cert tls.Certificate, trusted *testCA) *tls.Config {
 	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: trusted.pool, ClientCAs: trusted.pool}
-}
-
-// logCapture keeps every log line a test node writes, so a test can wait
-// for a line that shows an event happened.
-type logCapture struct {
-	mu    sync.Mutex
-	lines bytes.Buffer
-}
-
-func (c *logCapture) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.lines.Write(p)
-}
-
-func (c *logCapture) contains(part string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return strings.Contains(c.lines.String(), part)
 }
 
 func TestTLSClusterReplicates(t *testing.T) {
