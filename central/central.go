@@ -164,7 +164,7 @@ func Start(cfg Config) (*Central, error) {
 		return nil, err
 	}
 	if notice, ok := removed.Removed(); ok {
-		log.Error("this central was removed from its cluster and answers 503 to everything but health and metrics; delete its data directory and start it with --join to bring it back",
+		log.Error("this central was removed from its cluster and returns 503 to every request but health and metrics; delete its data directory and start it with --join to bring it back",
 			slog.String("leader", notice.Leader), slog.Time("at", notice.At))
 	}
 

@@ -104,7 +104,7 @@ func (n *Node) Join(id, addr string) error {
 	}
 	if n.tlsLayer != nil {
 		// A voter that cannot complete the TLS handshake would count
-		// towards the quorum without ever answering.
+		// towards the quorum without ever responding.
 		if err := n.tlsLayer.checkPeer(addr, peerCheckTimeout); err != nil {
 			return fmt.Errorf("%s: %w: %w", op, ErrPeerRejected, err)
 		}

@@ -28,7 +28,7 @@ NODES=3
 SETSID=$(command -v setsid || true)
 WAIT_SECONDS=${WAIT_SECONDS:-30}
 
-# auth holds the curl arguments that send the token of GET /v1/cluster.
+# auth is the curl arguments that send the token of GET /v1/cluster.
 auth=()
 token=${CLUSTER_TOKEN:-}
 if [[ -z $token && -n ${THROTTLE_TOKEN_FILE:-} ]]; then
