@@ -33,7 +33,7 @@ func appendLuaReply(buf []byte, slot string, quotas map[string]protocol.Quotas) 
 }
 
 // appendEncodedLuaReply is appendLuaReply for quotas encoded ahead by
-// AppendQuotas, one object per service.
+// AppendQuotas or AppendQuotaEntries, one object per service.
 func appendEncodedLuaReply(buf []byte, slot string, encoded map[string][]byte) []byte {
 	buf = append(buf, '{')
 	for i, service := range sortedKeys(encoded) {
@@ -157,10 +157,16 @@ func RoundQuota(q float64) float64 {
 	return float64(thousandths(q)) / 1000
 }
 
-// thousandths returns q in whole thousandths, rounded down. The nudge
-// keeps a product such as 2.3*1000 = 2299.9999999999995 at 2300.
+// thousandths returns q in whole thousandths, rounded down: the nearest
+// whole number of thousandths, less one when that is more than q. So a
+// product such as 2.3*1000 = 2299.9999999999995 stays at 2300, and
+// 2.2999999995 becomes 2299.
 func thousandths(q float64) int64 {
-	return int64(q*1000 + 1e-6)
+	m := int64(math.Round(q * 1000))
+	if float64(m)/1000 > q {
+		m--
+	}
+	return m
 }
 
 // appendQuota appends RoundQuota(q) as encoding/json writes it. In the

@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/throttlecentral/throttle-central/protocol"
@@ -131,6 +132,7 @@ func TestQuotasRoundedDownToThousandths(t *testing.T) {
 		{1996.0079840319362, "1996.007"},
 		{0.001, "0.001"},
 		{0.0019999, "0.001"},
+		{2.2999999995, "2.299"},
 		// Below a thousandth and from 1e9 on, quotas are written exactly,
 		// so a small quota never becomes 0.
 		{0.0004, "0.0004"},
@@ -144,6 +146,17 @@ func TestQuotasRoundedDownToThousandths(t *testing.T) {
 		if got := RoundQuota(tc.quota); got > tc.quota {
 			t.Errorf("RoundQuota(%v) = %v, more than the quota", tc.quota, got)
 		}
+	}
+}
+
+func TestVersion2ReplyRoundsQuotasWithoutCache(t *testing.T) {
+	r := &protocol.Report{Version: ReportVersion2, NodeID: "edge-1", Slot: 1796411856}
+	reply := ReportReply{NodeSlot: 1796411857, Quotas: map[string]protocol.Quotas{"front": {"alice": {"traffic_up": 2.0004567}}}}
+
+	got := string(EncodeReply(r, reply, "c1"))
+
+	if !strings.Contains(got, `"traffic_up":2}`) {
+		t.Errorf("version 2 reply %s, want traffic_up written as 2 (rounded down to thousandths)", got)
 	}
 }
 

@@ -240,19 +240,18 @@ func EncodeReply(r *protocol.Report, reply ReportReply, leader string) []byte {
 		}
 		return appendLuaReply(make([]byte, 0, 64+128*countEntries(reply.Quotas)), slot, reply.Quotas)
 	}
-	var byService any
-	if reply.Encoded != nil {
-		encoded := make(map[string]map[string]json.RawMessage, len(reply.Encoded))
-		for service, quotas := range reply.Encoded {
-			encoded[service] = map[string]json.RawMessage{slot: quotas}
-		}
-		byService = encoded
-	} else {
-		plain := make(map[string]map[string]protocol.Quotas, len(reply.Quotas))
+	// The quotas go in as encoded JSON, so they are rounded as in the
+	// Lua shape (RoundQuota).
+	encoded := reply.Encoded
+	if encoded == nil {
+		encoded = make(map[string][]byte, len(reply.Quotas))
 		for service, quotas := range reply.Quotas {
-			plain[service] = map[string]protocol.Quotas{slot: quotas}
+			encoded[service] = AppendQuotas(nil, quotas)
 		}
-		byService = plain
+	}
+	byService := make(map[string]map[string]json.RawMessage, len(encoded))
+	for service, quotas := range encoded {
+		byService[service] = map[string]json.RawMessage{slot: quotas}
 	}
 	data, err := json.Marshal(struct {
 		Version     int                        `json:"version"`

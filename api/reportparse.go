@@ -266,6 +266,9 @@ func (p *reportParser) object(shared bool, value func(key string) bool) bool {
 // gets a map that grows.
 const typicalUserBytes = 64
 
+// maxUsersHint caps the size the users map of a report is made with.
+const maxUsersHint = 4096
+
 // counts reads service -> user -> resource -> number. It returns false as
 // soon as a map has more entries than MaxReportServices, MaxReportUsers or
 // MaxReportResources allow. Counting the map after each insert counts a
@@ -273,10 +276,16 @@ const typicalUserBytes = 64
 func (p *reportParser) counts() (protocol.Counts, bool) {
 	counts := protocol.Counts{}
 	ok := p.object(true, func(service string) bool {
-		// The bytes left give an estimate of the users, so the map is
-		// sized once instead of growing about ten times for a report of
-		// 1,000 users.
-		users := make(map[string]map[string]float64, min((len(p.data)-p.pos)/typicalUserBytes, MaxReportUsers))
+		// The bytes left give an estimate of the users of a report's first
+		// service, so its map is sized once instead of growing about ten
+		// times for 1,000 users. The estimate is capped, and later
+		// services get maps that grow, so a report of many empty services
+		// cannot make the leader allocate for users it does not name.
+		hint := 0
+		if len(counts) == 0 {
+			hint = min((len(p.data)-p.pos)/typicalUserBytes, maxUsersHint)
+		}
+		users := make(map[string]map[string]float64, hint)
 		counts[service] = users
 		if len(counts) > MaxReportServices {
 			return false

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -331,4 +332,32 @@ func TestReportBodySizeCounted(t *testing.T) {
 		t.Errorf("Reporter received %d reports, want only the one at the limit", got)
 	}
 	wantRejectedInput(t, node, reasonBodySize, 1)
+}
+
+func TestParseManyEmptyServicesAllocatesLittle(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(`{"node_id": "edge-1", "slot_number": 1796411856, "consumption": {`)
+	for i := range MaxReportServices {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"s%d": {}`, i)
+	}
+	b.WriteString(`}, "rejection": {}`)
+	b.WriteString(strings.Repeat(" ", 900_000))
+	b.WriteString("}")
+	body := []byte(b.String())
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	r, ok := parseReport(body)
+	runtime.ReadMemStats(&after)
+
+	if !ok || len(r.Consumption) != MaxReportServices {
+		t.Fatalf("parseReport: ok %v, %d services; want true, %d", ok, len(r.Consumption), MaxReportServices)
+	}
+	if allocated := after.TotalAlloc - before.TotalAlloc; allocated > 2<<20 {
+		t.Errorf("parsing %d empty services allocated %d bytes, want under 2 MiB", MaxReportServices, allocated)
+	}
 }
