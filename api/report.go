@@ -200,15 +200,21 @@ func (s *Server) report(c echo.Context) error {
 		outcome = "duplicate"
 	}
 	s.metrics.reports.WithLabelValues("http", outcome).Inc()
+	var encoded []byte
 	if c.Request().Header.Get(frameReplyHeader) != "" {
-		return c.JSONBlob(http.StatusOK, s.fitFrame(r, reply))
+		encoded = s.fitFrame(r, reply)
+	} else {
+		encoded = EncodeReply(r, reply, s.cfg.NodeID)
 	}
-	return c.JSONBlob(http.StatusOK, EncodeReply(r, reply, s.cfg.NodeID))
+	// A client that reads its reply slowly must not hold a worker.
+	release()
+	return c.JSONBlob(http.StatusOK, encoded)
 }
 
 // acquireWorker waits for a free report worker and returns the function
-// that frees it, which may be called more than once. Waiting reports are
-// served in arrival order.
+// that frees it, which may be called more than once. The Go runtime wakes
+// goroutines blocked on a channel send in the order they blocked, so
+// waiting reports are served about in arrival order.
 func (s *Server) acquireWorker() (release func()) {
 	start := time.Now()
 	s.workers <- struct{}{}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"github.com/throttlecentral/throttle-central/internal/testutil"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -804,5 +805,46 @@ func TestLeaderDecodesAtMostReportWorkersReportsAtOnce(t *testing.T) {
 	}
 	if got := len(reporter.received()); got != reports {
 		t.Errorf("%d reports reached the reporter, want all %d", got, reports)
+	}
+}
+
+func TestSlowReaderHoldsNoReportWorker(t *testing.T) {
+	// A reply of 16 MB fills the socket buffers of a client that does not
+	// read it, so its write blocks.
+	big := []byte(`{"alice":{"traffic_up":1,"padding":"` + strings.Repeat("x", 16<<20) + `"}}`)
+	reporter := &fakeReporter{answer: func(r *protocol.Report) (ReportReply, error) {
+		reply := replyWith(r, nil)
+		if r.NodeID == "edge-slow" {
+			reply.Quotas, reply.Encoded = nil, map[string][]byte{"front": big}
+		}
+		return reply, nil
+	}}
+	node := newReportLeader(t, reporter, nil, func(cfg *Config) { cfg.ReportWorkers = 1 })
+	server := serveNode(t, node)
+	addr := server.Listener.Addr().String()
+
+	slow, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	body := fmt.Sprintf(`{"node_id": "edge-slow", "slot_number": %d, "consumption": {"front": {}}, "rejection": {}}`, testSlot)
+	fmt.Fprintf(slow, "POST /v1/report HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", addr, len(body), body)
+	testutil.PollUntil(t, 10*time.Second, "the slow client's report to reach the reporter", func() string {
+		if len(reporter.received()) == 0 {
+			return "no report yet"
+		}
+		return ""
+	})
+
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Post("http://"+addr+"/v1/report", "application/json",
+		strings.NewReader(fmt.Sprintf(`{"node_id": "edge-1", "slot_number": %d, "consumption": {}, "rejection": {}}`, testSlot)))
+	if err != nil {
+		t.Fatalf("a report behind a client that does not read its reply: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("a report behind a client that does not read its reply: status %d, want 200", resp.StatusCode)
 	}
 }

@@ -116,8 +116,8 @@ type Config struct {
 	// it into commands.
 	Now func() time.Time
 	// ReportWorkers is how many reports the leader decodes and applies at
-	// once; 0 means GOMAXPROCS. The others wait their turn in arrival
-	// order, so a burst of reports cannot starve Raft's heartbeats.
+	// once; 0 means GOMAXPROCS. The others wait their turn, about in
+	// arrival order, so a burst of reports cannot starve Raft's heartbeats.
 	ReportWorkers int
 }
 
