@@ -70,7 +70,9 @@ func toError(err error) *Error {
 	case errors.Is(err, raftnode.ErrUnknownServer):
 		return newError(http.StatusNotFound, CodeNotFound, err.Error())
 	case errors.Is(err, raftnode.ErrPeerRejected):
-		return newError(http.StatusBadRequest, CodeInvalid, err.Error()+"; give the joining central a certificate signed by the cluster's CA (--tls-ca), and the same --tls-ca")
+		return newError(http.StatusBadRequest, CodeInvalid, err.Error()+". Give the joining central a certificate signed by the cluster's CA, and set its --tls-ca to that CA.")
+	case errors.Is(err, raftnode.ErrPeerUnreachable):
+		return newError(http.StatusServiceUnavailable, CodeUnavailable, err.Error()+". Check the joining central's --raft-addr, which the other centrals connect to; the join is retried.")
 	case errors.Is(err, raftnode.ErrNoLeader), errors.Is(err, raftnode.ErrNotLeader):
 		return newError(http.StatusServiceUnavailable, CodeNoLeader, err.Error())
 	case errors.Is(err, raftnode.ErrClosed):

@@ -39,6 +39,11 @@ var (
 	// certificate is not signed by the cluster CA, or it does not accept
 	// the leader's.
 	ErrPeerRejected = errors.New("joining server failed the Raft TLS check")
+
+	// ErrPeerUnreachable means that the leader could not connect to the
+	// Raft address of a joining server to check its TLS, so it did not
+	// add it. The join may succeed when retried.
+	ErrPeerUnreachable = errors.New("joining server's Raft address cannot be reached")
 )
 
 // NotLeaderError is returned when an operation that needs the leader runs

@@ -105,7 +105,11 @@ func (n *Node) Join(id, addr string) error {
 	if n.tlsLayer != nil {
 		// A voter that cannot complete the TLS handshake would count
 		// towards the quorum without ever responding.
-		if err := n.tlsLayer.checkPeer(addr, peerCheckTimeout); err != nil {
+		err := n.tlsLayer.checkPeer(addr, peerCheckTimeout)
+		switch {
+		case errors.Is(err, ErrPeerUnreachable):
+			return fmt.Errorf("%s: %w", op, err)
+		case err != nil:
 			return fmt.Errorf("%s: %w: %w", op, ErrPeerRejected, err)
 		}
 	}

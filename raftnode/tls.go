@@ -123,12 +123,29 @@ const peerRejectWait = time.Second
 // certificate after the client has finished its handshake, and a rejection
 // arrives on the client's first read. A server that accepted waits for an
 // RPC instead, so that read times out.
+//
+// A server that cannot be reached at all returns an error wrapping
+// ErrPeerUnreachable, so the join can be retried.
 func (l *tlsStreamLayer) checkPeer(address string, timeout time.Duration) error {
-	conn, err := l.Dial(raft.ServerAddress(address), timeout)
+	host, _, err := net.SplitHostPort(address)
 	if err != nil {
-		return err
+		return fmt.Errorf("raftnode: invalid Raft address %q: %w", address, err)
 	}
+	raw, err := net.DialTimeout("tcp", address, timeout)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrPeerUnreachable, err)
+	}
+	config := l.client.Clone()
+	if config.ServerName == "" {
+		config.ServerName = host
+	}
+	conn := tls.Client(raw, config)
 	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := conn.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("raftnode: TLS connection to %s failed: %w", address, err)
+	}
 	if err := conn.SetReadDeadline(time.Now().Add(peerRejectWait)); err != nil {
 		return err
 	}

@@ -366,3 +366,30 @@ func presenting(cert tls.Certificate) func(*tls.CertificateRequestInfo) (*tls.Ce
 func dialAddress(layer *tlsStreamLayer) raft.ServerAddress {
 	return raft.ServerAddress(layer.Addr().String())
 }
+
+func TestTLSJoinOfUnreachableServerIsRetryable(t *testing.T) {
+	ca := newTestCA(t, "cluster CA")
+	nodes := startCluster(t, 1, func(cfg *Config) {
+		cfg.TLS = mutualTLS(ca.issue(t, cfg.NodeID, loopback), ca)
+	})
+	// A port that was free a moment ago, so nothing listens there.
+	listener, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := listener.Addr().String()
+	listener.Close()
+
+	err = nodes[0].Join("absent", addr)
+
+	if !errors.Is(err, ErrPeerUnreachable) || errors.Is(err, ErrPeerRejected) {
+		t.Errorf("join of a server that does not listen: error %v, want ErrPeerUnreachable and not ErrPeerRejected", err)
+	}
+	servers, err := nodes[0].Servers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(servers) != 1 {
+		t.Errorf("the configuration has %d servers (%+v), want only the leader", len(servers), servers)
+	}
+}
