@@ -70,7 +70,8 @@ type allocator struct {
 	metrics       *allocatorMetrics
 	replies       replyCache
 
-	// offsets holds each node's clock offset in whole seconds.
+	// offsets is each node's clock offset in whole seconds, kept for one
+	// leadership term.
 	offsets clockOffsets
 }
 
@@ -195,6 +196,7 @@ func (a *allocator) stop() {
 		a.cancel = nil
 	}
 	a.replies.clear()
+	a.offsets.reset()
 	if a.metrics != nil {
 		a.metrics.clearAccuracy()
 	}

@@ -2,26 +2,34 @@ package central
 
 import "sync"
 
+// offsetWindow is how many of a node's latest reports its clock offset is
+// taken from.
+const offsetWindow = 5
+
 // clockOffsets keeps the clock offset of each edge node: the whole seconds
 // added to the node's slot numbers to get the central's. A report's own
 // offset comes from its arrival time, which a late or replayed report
-// makes too large. So a larger offset is adopted only when two reports in
-// a row show it. Until then the report keeps the node's offset and counts
-// for its own second: a replay of a second already counted is a
-// duplicate, and a late report cannot take the slot of the node's next
-// report. A smaller offset is adopted at once, because neither lateness
-// nor a replay makes one.
+// makes too large, and nothing makes too small. So a node's offset is the
+// smallest that its latest offsetWindow reports showed: a late report or a
+// replay counts for the second it was sent for, and a replay of a second
+// already counted is a duplicate, however often it is sent.
+//
+// NOTE: after a node's clock steps back by whole seconds, its reports map
+// onto seconds already counted until offsetWindow reports have shown the
+// new offset, and their counts are dropped as duplicates. A new leader
+// takes a node's first report as it comes, so a burst of one node's
+// queued reports can map onto one second.
 type clockOffsets struct {
 	mu    sync.Mutex
 	nodes map[string]*nodeOffset
 }
 
-// nodeOffset is one node's offset and the larger offset that its latest
-// report showed, if any.
+// nodeOffset is one node's offset and the offsets its latest reports
+// showed, in a ring of n entries.
 type nodeOffset struct {
-	current    int64
-	pending    int64
-	hasPending bool
+	current int64
+	seen    [offsetWindow]int64
+	n, next int
 }
 
 // resolve returns the offset for a report of node whose arrival time gives
@@ -35,18 +43,26 @@ func (o *clockOffsets) resolve(node string, measured int64) (offset, previous in
 	}
 	n, known := o.nodes[node]
 	if !known {
-		o.nodes[node] = &nodeOffset{current: measured}
-		return measured, 0, measured != 0, false
+		n = &nodeOffset{current: measured}
+		o.nodes[node] = n
 	}
+	n.seen[n.next] = measured
+	n.next = (n.next + 1) % offsetWindow
+	n.n = min(n.n+1, offsetWindow)
 	previous = n.current
-	switch {
-	case measured > n.current && !(n.hasPending && n.pending == measured):
-		n.pending, n.hasPending = measured, true
-		return n.current, previous, false, true
-	case measured != n.current:
-		n.current = measured
-		changed = true
+	n.current = n.seen[0]
+	for _, seen := range n.seen[1:n.n] {
+		n.current = min(n.current, seen)
 	}
-	n.hasPending = false
-	return n.current, previous, changed, true
+	if !known {
+		return n.current, 0, n.current != 0, false
+	}
+	return n.current, previous, n.current != previous, true
+}
+
+// reset forgets every node's offset, for a new leadership term.
+func (o *clockOffsets) reset() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.nodes = nil
 }

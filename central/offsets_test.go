@@ -14,19 +14,17 @@ func TestClockOffsetsResolve(t *testing.T) {
 	}{
 		{"first report sets the offset", []step{{3, 3, true}, {3, 3, false}}},
 		{"a correct clock stays at 0", []step{{0, 0, false}, {0, 0, false}}},
-		// A report that arrives late, or a replay of an old one, keeps the
-		// node's offset, so it counts for its own second and the node's
-		// next report keeps its slot.
+		// Late reports and replays keep the node's offset, so they count
+		// for their own second and the node's next report keeps its slot.
 		{"one late report", []step{{0, 0, false}, {1, 0, false}, {0, 0, false}}},
-		{"one replay", []step{{0, 0, false}, {3, 0, false}, {0, 0, false}, {0, 0, false}}},
+		{"a spell of late reports", []step{{0, 0, false}, {1, 0, false}, {1, 0, false}, {0, 0, false}}},
+		{"a replay sent twice", []step{{0, 0, false}, {3, 0, false}, {3, 0, false}, {0, 0, false}}},
 		// A clock that stepped back shows the larger offset in every report:
-		// the second report in a row adopts it.
-		{"clock stepped back", []step{{0, 0, false}, {2, 0, false}, {2, 2, true}, {2, 2, false}}},
-		{"two different late offsets", []step{{0, 0, false}, {2, 0, false}, {3, 0, false}, {3, 3, true}}},
-		// Neither lateness nor a replay makes the offset smaller, so a
-		// smaller one is adopted at once.
+		// it is adopted once offsetWindow reports showed it.
+		{"clock stepped back", []step{{0, 0, false}, {2, 0, false}, {2, 0, false}, {2, 0, false}, {2, 0, false}, {2, 2, true}, {2, 2, false}}},
+		// Nothing makes an offset too small, so a smaller one is adopted at
+		// once.
 		{"clock stepped forward", []step{{0, 0, false}, {-3, -3, true}, {-3, -3, false}}},
-		{"smaller after a pending larger one", []step{{1, 1, true}, {4, 1, false}, {0, 0, true}, {4, 0, false}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
