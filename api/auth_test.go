@@ -194,7 +194,8 @@ var protectedRoutes = []routeCase{
 	{http.MethodDelete, "/v1/limits/front/alice", "", ScopeAdmin, http.StatusNoContent},
 	{http.MethodPost, "/v1/cluster/join", `{"node_id":"central-4","raft_addr":"127.0.0.1:7004","http_addr":"127.0.0.1:8084"}`, ScopeAdmin, http.StatusOK},
 	{http.MethodDelete, "/v1/cluster/servers/central-4", "", ScopeAdmin, http.StatusNoContent},
-	{http.MethodPost, "/v1/cluster/removed", `{"node_id":"central-1","leader":"central-9"}`, ScopeAdmin, http.StatusNoContent},
+	// The leader rejects a removal notice once the token passed.
+	{http.MethodPost, "/v1/cluster/removed", `{"node_id":"central-1","leader":"central-9"}`, ScopeAdmin, http.StatusConflict},
 	{http.MethodPost, "/v1/report", fmt.Sprintf(`{"node_id":"edge-1","slot_number":%d,"consumption":{"front":{"alice":{"traffic_up":1}}},"rejection":{}}`, testSlot), ScopeNode, http.StatusOK},
 }
 

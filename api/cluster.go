@@ -113,12 +113,13 @@ func (s *Server) removeServer(c echo.Context) error {
 	s.log.Info("server removed", slog.String("server_id", id))
 	switch {
 	case id == s.cfg.NodeID && s.cfg.Removal != nil:
-		// The leader removed itself: it is the removed central.
-		if err := s.markRemoved(RemovalNotice{NodeID: id, Leader: id, At: removedAt}); err != nil {
-			return err
-		}
+		// The leader removed itself: it is the removed central. The removal
+		// succeeded whatever happens to the record, which markRemoved logs.
+		_ = s.markRemoved(RemovalNotice{NodeID: id, Leader: id, At: removedAt})
 	case id != s.cfg.NodeID && target.HTTPAddr != "":
 		go s.tellRemoved(id, target.HTTPAddr, removedAt)
+	case id != s.cfg.NodeID:
+		s.log.Warn("the removed central gets no removal notice: its HTTP address is not known", slog.String("server_id", id))
 	}
 	return c.NoContent(http.StatusNoContent)
 }

@@ -57,6 +57,11 @@ func (s *Server) removedNotice(c echo.Context) error {
 		return fmt.Errorf("%w: leader is missing", quota.ErrInvalid)
 	case s.cfg.Removal == nil:
 		return newError(http.StatusServiceUnavailable, CodeUnavailable, "this central cannot record a removal")
+	case s.cfg.Cluster.IsLeader():
+		// A leader that is removed marks itself; a notice from elsewhere
+		// would stop the quotas of the whole cluster.
+		s.log.Warn("rejected a removal notice: this central is the leader", slog.String("from_leader", notice.Leader))
+		return newError(http.StatusConflict, CodeConflict, fmt.Sprintf("this central is the leader; only the leader %q can remove it, with DELETE /v1/cluster/servers/{id}", s.cfg.NodeID))
 	}
 	if notice.At.IsZero() {
 		notice.At = s.now()

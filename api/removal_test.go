@@ -79,3 +79,16 @@ func TestLeaderThatRemovesItselfRefusesRequests(t *testing.T) {
 	body := wantError(t, node.do(t, http.MethodGet, "/v1/limits", ""), http.StatusServiceUnavailable, CodeRemoved)
 	wantMessageContains(t, body, `leader "central-1"`)
 }
+
+func TestLeaderRejectsRemovalNotice(t *testing.T) {
+	removal := &fakeRemoval{}
+	node := newTestNode(t, leaderID, true, func(cfg *Config) { cfg.Removal = removal })
+
+	rec := node.do(t, http.MethodPost, "/v1/cluster/removed", `{"node_id": "central-1", "leader": "central-9"}`)
+
+	wantError(t, rec, http.StatusConflict, CodeConflict)
+	if _, removed := removal.Removed(); removed {
+		t.Error("the leader recorded a removal notice")
+	}
+	wantStatus(t, node.do(t, http.MethodGet, "/v1/limits", ""), http.StatusOK)
+}

@@ -129,6 +129,12 @@ func (s *Server) throttle(c echo.Context) error {
 			}
 			nodeID = id
 		}
+		if s.cfg.Removal != nil {
+			if _, removed := s.cfg.Removal.Removed(); removed {
+				conn.Close(websocket.StatusTryAgainLater, "this central was removed from the cluster; use another")
+				return nil
+			}
+		}
 		reply, closeReason := s.handleFrame(ctx, data, mayMonitor)
 		if closeReason != "" {
 			conn.Close(websocket.StatusTryAgainLater, closeReason)

@@ -54,15 +54,41 @@ func (r *removal) MarkRemoved(notice api.RemovalNotice) error {
 	if err != nil {
 		return err
 	}
-	tmp := r.path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("writing the removal notice: %w", err)
-	}
-	if err := os.Rename(tmp, r.path); err != nil {
+	if err := writeFileSynced(r.path, data); err != nil {
 		return fmt.Errorf("writing the removal notice: %w", err)
 	}
 	r.notice = &notice
 	return nil
+}
+
+// writeFileSynced replaces the file at path with data: it writes and syncs
+// a temporary file, renames it, and syncs the directory, so a crash leaves
+// either the old file or the new one.
+func writeFileSynced(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if closeErr := f.Close(); err == nil {
+		err = closeErr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	dir, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return dir.Sync()
 }
 
 // Removed returns the notice, if there is one.
