@@ -28,17 +28,26 @@ NODES=3
 SETSID=$(command -v setsid || true)
 WAIT_SECONDS=${WAIT_SECONDS:-30}
 
-# auth is the curl arguments that send the token of GET /v1/cluster.
+# auth is the curl arguments that send the token of GET /v1/cluster, set
+# by load_token. The header goes through a file, so the token does not show
+# in the process list.
 auth=()
-token=${CLUSTER_TOKEN:-}
-if [[ -z $token && -n ${THROTTLE_TOKEN_FILE:-} ]]; then
-	[[ -r $THROTTLE_TOKEN_FILE ]] || { echo "THROTTLE_TOKEN_FILE $THROTTLE_TOKEN_FILE is not readable" >&2; exit 1; }
-	token=$(awk '$1 == "read" || $1 == "admin" { print $2; exit }' "$THROTTLE_TOKEN_FILE")
-	[[ -n $token ]] || { echo "THROTTLE_TOKEN_FILE $THROTTLE_TOKEN_FILE has no read or admin token" >&2; exit 1; }
-fi
-if [[ -n $token ]]; then
-	auth=(-H "Authorization: Bearer $token")
-fi
+auth_header=""
+load_token() {
+	local token=${CLUSTER_TOKEN:-}
+	[[ -z $auth_header ]] || return 0
+	if [[ -z $token && -n ${THROTTLE_TOKEN_FILE:-} ]]; then
+		[[ -r $THROTTLE_TOKEN_FILE ]] || { echo "THROTTLE_TOKEN_FILE $THROTTLE_TOKEN_FILE is not readable" >&2; exit 1; }
+		token=$(awk '$1 == "read" || $1 == "admin" { print $2; exit }' "$THROTTLE_TOKEN_FILE")
+		[[ -n $token ]] || { echo "THROTTLE_TOKEN_FILE $THROTTLE_TOKEN_FILE has no read or admin token" >&2; exit 1; }
+	fi
+	[[ -n $token ]] || return 0
+	auth_header=$(mktemp)
+	chmod 600 "$auth_header"
+	printf 'Authorization: Bearer %s\n' "$token" >"$auth_header"
+	trap 'rm -f "$auth_header"' EXIT
+	auth=(-H "@$auth_header")
+}
 
 http_addr() { echo "$HOST:$((HTTP_PORT_BASE + $1 - 1))"; }
 raft_addr() { echo "$HOST:$((RAFT_PORT_BASE + $1 - 1))"; }
@@ -104,6 +113,7 @@ start_node() {
 # servers and returns 200 from /readyz (it has applied what the leader
 # committed), or fails after WAIT_SECONDS.
 wait_for_cluster() {
+	load_token
 	local deadline=$((SECONDS + WAIT_SECONDS)) n leaders status
 	while ((SECONDS < deadline)); do
 		for n in $(seq 1 $NODES); do
@@ -115,7 +125,7 @@ wait_for_cluster() {
 		done
 		leaders=()
 		for n in $(seq 1 $NODES); do
-			status=$(curl -sf "${auth[@]}" "http://$(http_addr "$n")/v1/cluster" 2>/dev/null) || continue
+			status=$(curl -sf ${auth[@]+"${auth[@]}"} "http://$(http_addr "$n")/v1/cluster" 2>/dev/null) || continue
 			if [[ $(grep -o '"suffrage"' <<<"$status" | wc -l) -eq $NODES ]]; then
 				leaders+=("$(sed -n 's/.*"leader":"\([^"]*\)".*/\1/p' <<<"$status")")
 			fi
@@ -183,6 +193,7 @@ restart() {
 }
 
 status() {
+	load_token
 	local n
 	for n in $(seq 1 $NODES); do
 		if running "$n"; then
@@ -192,7 +203,7 @@ status() {
 		fi
 	done
 	for n in $(seq 1 $NODES); do
-		if curl -sf "${auth[@]}" "http://$(http_addr "$n")/v1/cluster"; then
+		if curl -sf ${auth[@]+"${auth[@]}"} "http://$(http_addr "$n")/v1/cluster"; then
 			echo
 			return 0
 		fi
