@@ -757,7 +757,7 @@ func TestReportMetricsByOutcome(t *testing.T) {
 	wantReportCount(t, node, "http", "forwarded", 0)
 }
 
-func TestLeaderDecodesAtMostReportWorkersReportsAtOnce(t *testing.T) {
+func TestReportWorkersBoundConcurrency(t *testing.T) {
 	const workers, reports = 2, 6
 	var (
 		mu            sync.Mutex

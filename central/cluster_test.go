@@ -285,7 +285,7 @@ func TestRemovedServerWithOldDataIsRefused(t *testing.T) {
 	}
 }
 
-func TestRunningRemovedServerIsToldAndRefusesRequests(t *testing.T) {
+func TestRemovedServerIsTold(t *testing.T) {
 	nodes := startCluster(t, 3)
 	leader := nodeByID(t, nodes, waitForCluster(t, nodes))
 	victim := followerOf(t, nodes, leader.id())

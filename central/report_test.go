@@ -216,7 +216,7 @@ func TestVersion2ReportGetsShares(t *testing.T) {
 	}
 }
 
-func TestReplayBeforeNodesOwnReportKeepsItsSecond(t *testing.T) {
+func TestReplayKeepsItsSecond(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs for about 4 s of real slots")
 	}

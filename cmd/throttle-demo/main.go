@@ -45,7 +45,7 @@ func run(args []string) error {
 		return err
 	}
 	if flags.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q; run with -h for the flags", flags.Arg(0))
+		return fmt.Errorf("unexpected argument %q; run throttle-demo --help for the flags", flags.Arg(0))
 	}
 
 	workDir, keep := *dir, *dir != ""

@@ -39,7 +39,7 @@ func run(args []string, stdout io.Writer) error {
 		return err
 	}
 	if flags.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q; see -help", flags.Arg(0))
+		return fmt.Errorf("unexpected argument %q; run throttle-sim --help for the flags", flags.Arg(0))
 	}
 
 	scenarios, err := pick(sim.Scenarios(), *only)

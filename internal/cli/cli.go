@@ -231,7 +231,7 @@ func explainValueError(f *flag.Flag, err error) string {
 		return "must be a whole number of 0 or more, such as 10"
 	case float64:
 		if outOfRange {
-			return fmt.Sprintf("must be a number of at most %g", math.MaxFloat64)
+			return fmt.Sprintf("must be a number from %g to %g", -math.MaxFloat64, math.MaxFloat64)
 		}
 		return "must be a number, such as 2.5 or 1e6"
 	}
