@@ -140,10 +140,18 @@ func TestLeaderKillKeepsAcknowledgedWrites(t *testing.T) {
 	}
 
 	// A write through the API of a survivor succeeds with the new leader.
-	status, body := putLimit(t, survivors[0].c.HTTPAddr(), "front", "after", 7)
-	if status != http.StatusOK {
-		t.Fatalf("PUT after failover: status %d, body %s", status, body)
-	}
+	// A follower answers 503 until the new leader's first heartbeat names
+	// it, and a client retries a 503.
+	waitFor(t, "a PUT through a survivor to succeed", func() string {
+		status, body := putLimit(t, survivors[0].c.HTTPAddr(), "front", "after", 7)
+		if status == http.StatusServiceUnavailable {
+			return fmt.Sprintf("status %d, body %s", status, body)
+		}
+		if status != http.StatusOK {
+			t.Fatalf("PUT after failover: status %d, body %s", status, body)
+		}
+		return ""
+	})
 	for _, n := range survivors {
 		waitForLimit(t, n, "front", "after", 7)
 	}
