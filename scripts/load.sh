@@ -44,7 +44,7 @@ awk -v b="$before" -v a="$after" -v t="$ticks" -v s="$start" -v e="$end" -v l="$
 grep -E 'VmHWM|VmRSS' "/proc/$pid/status" | sed "s/^/leader $leader: /"
 
 # Where the leader's report time went: the mean wait for a report worker
-# and the mean time to answer, from its metrics.
+# and the mean time to respond, from its metrics.
 leader_http=$(curl -sf "http://127.0.0.1:$HTTP_PORT_BASE/v1/cluster" | sed -n 's/.*"leader_http_addr":"\([^"]*\)".*/\1/p')
 if [[ -n $leader_http ]] && metrics=$(curl -sf "http://$leader_http/metrics"); then
 	awk -v l="$leader" '
@@ -54,6 +54,6 @@ if [[ -n $leader_http ]] && metrics=$(curl -sf "http://$leader_http/metrics"); t
 		/^throttle_report_duration_seconds_count\{transport="http"\}/ { took_count = $2 }
 		END {
 			if (wait_count > 0) printf "leader %s: %d reports decoded, mean wait for a worker %.1f ms\n", l, wait_count, 1000 * wait_sum / wait_count
-			if (took_count > 0) printf "leader %s: mean time to answer an HTTP report %.1f ms\n", l, 1000 * took_sum / took_count
+			if (took_count > 0) printf "leader %s: mean time to respond to an HTTP report %.1f ms\n", l, 1000 * took_sum / took_count
 		}' <<<"$metrics"
 fi
