@@ -489,8 +489,9 @@ func withoutPeerToken(ctx context.Context) context.Context {
 // centrals that carry no Authorization header and are not marked by
 // withoutPeerToken. Forwarded HTTP requests are marked and carry their
 // client's header. So only the requests this central makes on its own
-// behalf get the token: relayed WebSocket reports and monitor frames. Their
-// client authenticated on this central with SigV4 or a node token.
+// behalf get the token: relayed WebSocket reports and monitor frames, whose
+// client authenticated on this central with SigV4 or a node token, and the
+// leader's removal notices.
 type peerAuthTransport struct {
 	next  http.RoundTripper
 	token func() string

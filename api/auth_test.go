@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/labstack/echo/v4"
@@ -815,5 +816,31 @@ func TestAuthWebSocketMonitorFramesNeedAdminToken(t *testing.T) {
 			// The socket stays open for reports either way.
 			decodeLuaReply(t, exchangeFrame(t, conn, reportFrame("edge-1", testSlot)), "front")
 		})
+	}
+}
+
+func TestRemovalNoticeCarriesPeerToken(t *testing.T) {
+	authorization := make(chan string, 1)
+	removed := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		authorization <- r.Header.Get("Authorization")
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(removed.Close)
+	node := newProtectedLeader(t, nil)
+	node.cluster.set(func(c *fakeCluster) {
+		c.servers = append(c.servers, raftnode.Server{ID: "central-2", Address: "127.0.0.1:7002", Suffrage: "Voter"})
+	})
+	node.seed(t, fsm.SetServerCommand{ID: "central-2", HTTPAddr: removed.Listener.Addr().String(), RaftAddr: "127.0.0.1:7002"})
+
+	rec := node.doWithToken(t, http.MethodDelete, "/v1/cluster/servers/central-2", "", adminToken)
+
+	wantStatus(t, rec, http.StatusNoContent)
+	select {
+	case got := <-authorization:
+		if got != "Bearer "+adminToken {
+			t.Errorf("the removal notice carried Authorization %q, want the peer token (the first admin token)", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the removed central got no notice within 10 s")
 	}
 }

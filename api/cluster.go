@@ -113,8 +113,9 @@ func (s *Server) removeServer(c echo.Context) error {
 	s.log.Info("server removed", slog.String("server_id", id))
 	switch {
 	case id == s.cfg.NodeID && s.cfg.Removal != nil:
-		// The leader removed itself: it is the removed central. The removal
-		// succeeded whatever happens to the record, which markRemoved logs.
+		// The leader removed itself, so it is the removed central. The
+		// removal is committed even when recording it fails, which
+		// markRemoved logs, so the response stays 204.
 		_ = s.markRemoved(RemovalNotice{NodeID: id, Leader: id, At: removedAt})
 	case id != s.cfg.NodeID && target.HTTPAddr != "":
 		go s.tellRemoved(id, target.HTTPAddr, removedAt)

@@ -58,7 +58,7 @@ func (s *Server) removedNotice(c echo.Context) error {
 	case s.cfg.Removal == nil:
 		return newError(http.StatusServiceUnavailable, CodeUnavailable, "this central cannot record a removal")
 	case s.cfg.Cluster.IsLeader():
-		// A leader that is removed marks itself; a notice from elsewhere
+		// A leader that is removed marks itself. A notice from elsewhere
 		// would stop the quotas of the whole cluster.
 		s.log.Warn("rejected a removal notice: this central is the leader", slog.String("from_leader", notice.Leader))
 		return newError(http.StatusConflict, CodeConflict, fmt.Sprintf("this central is the leader; only the leader %q can remove it, with DELETE /v1/cluster/servers/{id}", s.cfg.NodeID))
@@ -135,10 +135,7 @@ func (s *Server) tellRemoved(id, httpAddr string, at time.Time) {
 		return
 	}
 	req.Header.Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
-	if token := s.PeerToken(); token != "" {
-		req.Header.Set(echo.HeaderAuthorization, "Bearer "+token)
-	}
-	resp, err := s.client.Do(req)
+	resp, err := s.client.Do(req) // peerAuthTransport adds the peer token
 	if err != nil {
 		s.log.Warn("sending the removal notice failed; the removed central keeps serving its last state until it is stopped", slog.String("server_id", id), slog.String("http_addr", httpAddr), slog.Any("error", err))
 		return

@@ -760,14 +760,14 @@ func TestReportMetricsByOutcome(t *testing.T) {
 func TestReportWorkersBoundConcurrency(t *testing.T) {
 	const workers, reports = 2, 6
 	var (
-		mu            sync.Mutex
-		running, most int
-		gate          = make(chan struct{})
+		mu                  sync.Mutex
+		running, maxRunning int
+		gate                = make(chan struct{})
 	)
 	reporter := &fakeReporter{answer: func(r *protocol.Report) (ReportReply, error) {
 		mu.Lock()
 		running++
-		most = max(most, running)
+		maxRunning = max(maxRunning, running)
 		mu.Unlock()
 		<-gate
 		mu.Lock()
@@ -800,8 +800,8 @@ func TestReportWorkersBoundConcurrency(t *testing.T) {
 			t.Errorf("report answered %d, want 200", code)
 		}
 	}
-	if most != workers {
-		t.Errorf("at most %d reports were applied at once, want %d (ReportWorkers)", most, workers)
+	if maxRunning != workers {
+		t.Errorf("at most %d reports were applied at once, want %d (ReportWorkers)", maxRunning, workers)
 	}
 	if got := len(reporter.received()); got != reports {
 		t.Errorf("%d reports reached the reporter, want all %d", got, reports)

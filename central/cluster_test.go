@@ -140,7 +140,7 @@ func TestLeaderKillKeepsAcknowledgedWrites(t *testing.T) {
 	}
 
 	// A write through the API of a survivor succeeds with the new leader.
-	// A follower answers 503 until the new leader's first heartbeat names
+	// A follower returns 503 until the new leader's first heartbeat names
 	// it, and a client retries a 503.
 	waitFor(t, "a PUT through a survivor to succeed", func() string {
 		status, body := putLimit(t, survivors[0].c.HTTPAddr(), "front", "after", 7)
@@ -307,8 +307,8 @@ func TestRemovedServerIsTold(t *testing.T) {
 		t.Fatalf("DELETE server %s: %d %s", victim.id(), status, body)
 	}
 
-	// The leader tells the removed central, which then sends clients away
-	// instead of answering from state that no longer changes.
+	// The leader sends the removed central a notice, after which it sends
+	// clients away instead of serving state that no longer changes.
 	waitFor(t, "the removed central to answer 503 removed", func() string {
 		status, body := request(t, http.MethodGet, victim.c.HTTPAddr(), "/v1/limits/front/alice", nil)
 		if status != http.StatusServiceUnavailable || !strings.Contains(string(body), `"removed"`) {

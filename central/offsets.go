@@ -10,9 +10,9 @@ const offsetWindow = 5
 // added to the node's slot numbers to get the central's. A report's own
 // offset comes from its arrival time, which a late or replayed report
 // makes too large, and nothing makes too small. So a node's offset is the
-// smallest that its latest offsetWindow reports showed: a late report or a
-// replay counts for the second it was sent for, and a replay of a second
-// already counted is a duplicate, however often it is sent.
+// smallest that its latest offsetWindow reports showed. A late report or a
+// replay then counts for the second it was sent for, and a replay of a
+// second already counted is a duplicate, however often it is sent.
 //
 // NOTE: after a node's clock steps back by whole seconds, its reports map
 // onto seconds already counted until offsetWindow reports have shown the
@@ -43,7 +43,7 @@ func (o *clockOffsets) resolve(node string, measured int64) (offset, previous in
 	}
 	n, known := o.nodes[node]
 	if !known {
-		n = &nodeOffset{current: measured}
+		n = &nodeOffset{}
 		o.nodes[node] = n
 	}
 	n.seen[n.next] = measured
@@ -60,7 +60,7 @@ func (o *clockOffsets) resolve(node string, measured int64) (offset, previous in
 	return n.current, previous, n.current != previous, true
 }
 
-// reset forgets every node's offset, for a new leadership term.
+// reset drops every node's offset, for a new leadership term.
 func (o *clockOffsets) reset() {
 	o.mu.Lock()
 	defer o.mu.Unlock()

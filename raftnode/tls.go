@@ -135,6 +135,7 @@ func (l *tlsStreamLayer) checkPeer(address string, timeout time.Duration) error 
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrPeerUnreachable, err)
 	}
+
 	config := l.client.Clone()
 	if config.ServerName == "" {
 		config.ServerName = host
@@ -146,6 +147,7 @@ func (l *tlsStreamLayer) checkPeer(address string, timeout time.Duration) error 
 	if err := conn.HandshakeContext(ctx); err != nil {
 		return fmt.Errorf("raftnode: TLS connection to %s failed: %w", address, err)
 	}
+
 	if err := conn.SetReadDeadline(time.Now().Add(peerRejectWait)); err != nil {
 		return err
 	}

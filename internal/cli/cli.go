@@ -173,8 +173,7 @@ func ParseTool(flags *flag.FlagSet, args []string, help io.Writer) error {
 		}
 	}
 	err := flags.Parse(args)
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
+	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return err
 	}
 	return fmt.Errorf("%w; run %s --help for the flags", ExplainParseError(flags, err), flags.Name())

@@ -281,7 +281,7 @@ func TestInvalidNumbersAndBooleansSayWhatIsExpected(t *testing.T) {
 	}
 }
 
-func TestParseToolExplainsErrorsAndPrintsHelpOnRequest(t *testing.T) {
+func TestParseToolErrorsAndHelp(t *testing.T) {
 	newFlags := func() *flag.FlagSet {
 		flags := flag.NewFlagSet("tool", flag.ContinueOnError)
 		flags.Int("nodes", 1, "simulated nodes")
